@@ -1,0 +1,130 @@
+"""The ``mmrag`` command line.
+
+``--json`` prints exactly one JSON document on stdout and nothing else (progress
+and logs go to stderr). Exit codes: 0 success (also when some files failed: they
+are reported), 2 usage or input error, 3 ``--strict`` and some files failed,
+1 any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from retriever.errors import MmragError
+
+__all__ = ["main", "build_parser"]
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STRICT = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # usage errors exit 2 with the usage line
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store directory (default: $MMRAG_STORE or ./mmrag-store)")
+    p.add_argument("--clip-model", help="CLIP spec, e.g. ViT-B-32@laion2b_s34b_b79k or ViT-B-32@/path/weights.pt; 'none' disables")
+    p.add_argument("--text-model", help="sentence-transformers model name or local directory")
+    p.add_argument("--catalog-url", help="SQLAlchemy URL of the catalog (default: SQLite in the store)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any setting, e.g. search.rrf_k=40")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout and nothing else")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mmrag", description="Multimodal retrieval and RAG over images, PDFs, audio and video.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("ingest", help="ingest files and directories (recursively)")
+    p.add_argument("paths", nargs="+")
+    p.add_argument("--include", action="append", default=[], help="glob of files to include (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="glob of files to exclude (repeatable)")
+    p.add_argument("--prune", action="store_true", help="remove sources under PATHS whose files are gone")
+    p.add_argument("--strict", action="store_true", help="exit 3 if any file failed")
+    p.add_argument("--pdf-password", action="append", default=[], help="password to try on encrypted PDFs (repeatable)")
+    _common(p)
+
+    p = sub.add_parser("search", help="search with text, an image and/or an audio clip")
+    p.add_argument("text", nargs="?", default=None)
+    p.add_argument("--image", help="query image file")
+    p.add_argument("--audio", help="query audio clip (its speech becomes the query text)")
+    p.add_argument("--k", type=int, default=None)
+    p.add_argument("--modality", action="append", default=[], help="text|image|pdf|audio|video (repeatable)")
+    p.add_argument("--source", help="glob on the source path")
+    p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="metadata equality filter")
+    p.add_argument("--mmr", action="store_true", help="drop near-duplicates (maximal marginal relevance)")
+    _common(p)
+
+    p = sub.add_parser("ask", help="answer a question from the indexed evidence, with citations")
+    p.add_argument("question")
+    p.add_argument("--k", type=int, default=8)
+    p.add_argument("--llm", help="extractive | openai:MODEL | ollama:MODEL")
+    p.add_argument("--modality", action="append", default=[])
+    p.add_argument("--no-stream", action="store_true")
+    _common(p)
+
+    p = sub.add_parser("remove", help="remove sources (file, directory or glob)")
+    p.add_argument("paths", nargs="+")
+    _common(p)
+
+    p = sub.add_parser("stats", help="what the store holds")
+    _common(p)
+
+    p = sub.add_parser("demo", help="build the sample corpus in data/, ingest it, search and ask (offline)")
+    p.add_argument("--data", default=None, help="where to put the sample corpus (default: ./data)")
+    _common(p)
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.clip_model:
+        out["models.clip"] = args.clip_model
+    if args.text_model:
+        out["models.text"] = args.text_model
+    if args.catalog_url:
+        out["catalog_url"] = args.catalog_url
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise MmragError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    if getattr(args, "include", None):
+        out["ingest.include"] = tuple(args.include)
+    if getattr(args, "exclude", None):
+        out["ingest.exclude"] = tuple(args.exclude)
+    if getattr(args, "pdf_password", None):
+        out["pdf.passwords"] = tuple(args.pdf_password)
+    if getattr(args, "llm", None):
+        out["llm.spec"] = args.llm
+    return out
+
+
+def _emit(args: argparse.Namespace, payload: Any, human: str) -> None:
+    if args.json:
+        json.dump(payload, sys.stdout, ensure_ascii=False, default=str)
+        sys.stdout.write("\n")
+    else:
+        print(human)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from pipelines import commands
+
+    try:
+        return int(getattr(commands, f"cmd_{args.command}")(args, _overrides(args), _emit))
+    except MmragError as exc:
+        print(f"mmrag: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("mmrag: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

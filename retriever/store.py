@@ -1,0 +1,241 @@
+"""The store directory: catalog, indexes, thumbnails and the manifest of models.
+
+::
+
+    store/
+      manifest.json        format version, spaces and the model each was built with
+      catalog.sqlite       the source of truth (or any SQLAlchemy URL)
+      indexes/             clip-<seq>.faiss + clip.json, text-..., bm25-<seq>/ + bm25.json
+      media/thumbs/        one JPEG thumbnail per visual item, named by item id
+      media/previews/      larger renders of derived images (PDF pages, figures, keyframes)
+      write.lock           held by the one writer
+
+Opening a store with another model for a space than it was built with fails:
+vectors of two models never mix in one index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import portalocker
+
+from retriever.catalog import Catalog
+from retriever.config import Config
+from retriever.errors import StoreError, StoreLockedError, StoreMismatchError
+from retriever.spaces import DenseSpace, LexicalSpace, catalog_head
+from retriever.stores.faiss_store import atomic_write_bytes
+
+__all__ = ["Store", "SpaceInfo", "FORMAT_VERSION"]
+
+FORMAT_VERSION = 1
+BM25_TOKENIZER = "words-en-stop-snowball-v1"
+
+
+@dataclass(frozen=True)
+class SpaceInfo:
+    """A dense space as recorded in the manifest."""
+
+    name: str
+    model_id: str
+    dim: int
+
+
+class Store:
+    """Opens (or creates) a store directory and keeps its spaces in step with the catalog."""
+
+    def __init__(self, root: Path | str, config: Config, *, create: bool = True) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.config = config
+        if not self.root.exists():
+            if not create:
+                raise StoreError(f"no store at {self.root}; create one with `mmrag ingest PATH --store {self.root}`")
+            self.root.mkdir(parents=True)
+        elif not self.root.is_dir():
+            raise StoreError(f"store path {self.root} exists and is not a directory")
+        self.index_dir = self.root / "indexes"
+        self.thumb_dir = self.root / "media" / "thumbs"
+        self.preview_dir = self.root / "media" / "previews"
+        self.manifest_path = self.root / "manifest.json"
+        self.manifest = self._read_manifest()
+        self.catalog = Catalog.for_store(self.root, config.catalog_url)
+        self.dense: dict[str, DenseSpace] = {}
+        self.lexical = LexicalSpace(self.index_dir, self.catalog)
+        self._lexical_open = False
+        self._lock = threading.RLock()
+
+    # ---- manifest -----------------------------------------------------------
+    def _read_manifest(self) -> dict[str, Any]:
+        if not self.manifest_path.exists():
+            return {}
+        try:
+            data = json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"store manifest {self.manifest_path} is unreadable: {exc}") from exc
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise StoreError(
+                f"store {self.root} has format version {version!r}; this mmrag reads version {FORMAT_VERSION}. "
+                + ("Upgrade mmrag to open it." if isinstance(version, int) and version > FORMAT_VERSION else
+                   "Re-ingest into a new store.")
+            )
+        return data
+
+    def _write_manifest(self) -> None:
+        self.manifest.setdefault("format_version", FORMAT_VERSION)
+        self.manifest.setdefault("created_at", datetime.now(timezone.utc).isoformat())
+        atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True).encode())
+
+    def spaces(self) -> dict[str, SpaceInfo]:
+        return {
+            name: SpaceInfo(name, s["model_id"], int(s["dim"]))
+            for name, s in self.manifest.get("spaces", {}).items()
+            if "model_id" in s
+        }
+
+    def check_models(self, wanted: Mapping[str, str]) -> None:
+        """Fail if a space was built with another model than ``wanted[space]``.
+
+        ``wanted`` maps dense space name to model id; a space missing from it is
+        disabled. A store that has items cannot gain or lose a dense space.
+        """
+        have = {n: s.model_id for n, s in self.spaces().items()}
+        if not have:
+            return
+        problems = [
+            f"space '{n}' was built with {have[n]!r} but {wanted[n]!r} was requested"
+            for n in have
+            if n in wanted and wanted[n] != have[n]
+        ]
+        has_items = self.catalog.counts()["items"] > 0
+        if has_items:
+            problems += [f"space '{n}' ({have[n]!r}) exists but no model was given for it" for n in have if n not in wanted]
+            problems += [f"space '{n}' ({wanted[n]!r}) is new but the store already has items" for n in wanted if n not in have]
+        if problems:
+            raise StoreMismatchError(
+                f"store {self.root} does not match the requested models: " + "; ".join(problems)
+                + ". Open it with the models it was built with (see `mmrag stats`), or use a new store."
+            )
+
+    def register_space(self, name: str, model_id: str, dim: int) -> None:
+        """Record a dense space in the manifest (first use) and check it afterwards."""
+        with self._lock:
+            spaces = self.manifest.setdefault("spaces", {})
+            known = spaces.get(name)
+            if known is not None and (known["model_id"] != model_id or int(known["dim"]) != dim):
+                raise StoreMismatchError(
+                    f"space '{name}' was built with {known['model_id']!r} ({known['dim']}-d), "
+                    f"not {model_id!r} ({dim}-d)"
+                )
+            if known is None:
+                spaces[name] = {"model_id": model_id, "dim": int(dim)}
+                spaces.setdefault("bm25", {"tokenizer": BM25_TOKENIZER})
+                self._write_manifest()
+
+    # ---- spaces -------------------------------------------------------------
+    def space(self, name: str) -> DenseSpace | None:
+        """The opened dense space ``name`` (None if the store has no such space)."""
+        with self._lock:
+            if name not in self.dense:
+                info = self.spaces().get(name)
+                if info is None:
+                    return None
+                space = DenseSpace(name, info.dim, self.index_dir, self.catalog, self.config.index)
+                space.open()
+                self.dense[name] = space
+            return self.dense[name]
+
+    def bm25(self) -> LexicalSpace:
+        with self._lock:
+            if not self._lexical_open:
+                self.lexical.open()
+                self._lexical_open = True
+        return self.lexical
+
+    def sync(self, lexical: bool = True) -> None:
+        """Bring every opened space up to the catalog's current state (readers call this)."""
+        for name in list(self.spaces()):
+            space = self.space(name)
+            if space is not None:
+                space.sync()
+        if lexical:
+            self.bm25().sync()
+
+    def save(self, maintain: bool = True) -> None:
+        """Persist every space (writers call this at checkpoints and the end of a run)."""
+        for name in list(self.spaces()):
+            space = self.space(name)
+            if space is None:
+                continue
+            space.sync()
+            if maintain:
+                space.maintain()
+            space.save()
+        lex = self.bm25()
+        lex.sync(force=True)
+        lex.save()
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        seqs = [s.saved_seq for s in self.dense.values()] + [self.lexical.saved_seq]
+        if seqs and min(seqs) > 0 and len(self.dense) == len(self.spaces()):
+            self.catalog.truncate_changes(min(seqs))
+
+    def head(self) -> int:
+        return catalog_head(self.catalog)
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    # ---- the single writer ------------------------------------------------------
+    @contextlib.contextmanager
+    def write_lock(self, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the store's cross-process write lock; readers never take it.
+
+        ``wait_s`` > 0 waits that long for another writer to finish; 0 fails at once.
+        """
+        path = self.root / "write.lock"
+        fh = open(path, "a+")
+        try:
+            deadline = time.monotonic() + max(0.0, wait_s)
+            while True:
+                try:
+                    portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
+                    break
+                except portalocker.LockException:
+                    if time.monotonic() >= deadline:
+                        fh.seek(0)
+                        holder = fh.read().strip() or "another process"
+                        raise StoreLockedError(
+                            f"store {self.root} is being written by {holder}; wait for it to finish "
+                            f"(or set ingest.lock_wait_s to wait)"
+                        ) from None
+                    time.sleep(0.1)
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+            yield
+        finally:
+            with contextlib.suppress(Exception):
+                fh.seek(0)
+                fh.truncate()
+                fh.flush()
+                portalocker.unlock(fh)
+            fh.close()
+
+    # ---- media --------------------------------------------------------------
+    def media_path(self, kind: str, item_id: int) -> Path:
+        base = self.thumb_dir if kind == "thumb" else self.preview_dir
+        return base / f"{item_id % 1000:03d}" / f"{item_id}.jpg"
+
+    def resolve_media(self, rel: str | None) -> str | None:
+        return str(self.root / rel) if rel else None
