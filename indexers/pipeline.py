@@ -174,6 +174,7 @@ class IngestPipeline:
 
     # ---- workers --------------------------------------------------------------
     def _producer(self, files: Sequence[Found], out: "queue.Queue[Any]") -> Callable[[], None]:
+        """A worker body; all workers made by one call share one iterator over ``files``."""
         lock = threading.Lock()
         it = iter(enumerate(files))
 
@@ -241,7 +242,8 @@ class IngestPipeline:
             return
         n_workers = max(1, min(self.config.ingest.workers or (os.cpu_count() or 1), len(files)))
         out: "queue.Queue[Any]" = queue.Queue(maxsize=max(16, 2 * self.batch_size))
-        threads = [threading.Thread(target=self._producer(files, out), daemon=True) for _ in range(n_workers)]
+        work = self._producer(files, out)
+        threads = [threading.Thread(target=work, daemon=True) for _ in range(n_workers)]
         for t in threads:
             t.start()
         state = _RunState(self, report, len(files))

@@ -133,6 +133,17 @@ class LlmConfig:
     max_image_px: int = 768
     temperature: float = 0.0
     max_tokens: int = 512
+    prompt: str | None = None  # template text with {question} and {evidence}, or a template file path
+    send_images: bool = True  # image evidence as image parts (false for text-only chat models)
+    max_evidence_chars: int = 2000  # text of one evidence item in the prompt, at most
+    # Relevance floors (below them a hit is not evidence; none left -> "not found", no LLM call).
+    # MiniLM question/chunk cosine, measured on the shared SciFact subset: 5th pct of relevant
+    # pairs 0.30; top-1 over an off-topic corpus: median 0.17, 90th pct 0.24.
+    min_text_relevance: float = 0.25
+    min_image_relevance: float = 0.2  # CLIP text/image cosine (ViT-B/32 matched pairs ~0.3)
+    extractive_sentences: int = 3
+    timeout_s: float = 120.0
+    max_retries: int = 1
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import json
 import re
 import shutil
 import threading
+import unicodedata
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -44,8 +45,8 @@ def _stemmer():
 
 
 def tokenize(text: str) -> list[str]:
-    """Lower-cased word tokens without stop words, Snowball-stemmed when available."""
-    words = [w for w in _WORD.findall(text.lower()) if w not in _STOP]
+    """NFKC-folded, lower-cased word tokens without stop words, Snowball-stemmed when available."""
+    words = [w for w in _WORD.findall(unicodedata.normalize("NFKC", text).lower()) if w not in _STOP]
     stem = _stemmer()
     return stem.stemWords(words) if stem is not None and words else words
 
