@@ -93,6 +93,9 @@ def sniff_bytes(head: bytes, suffix: str = "") -> str | None:  # noqa: C901 - a 
         return "image/tiff"
     if b"%PDF-" in head[:1024]:
         return "application/pdf"
+    if head[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") or head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        # UTF-16/32 byte-order marks (FF FE would otherwise pass for an MPEG audio frame sync)
+        return _sniff_bom_text(head, suffix)
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return "audio/wav"
     if head[:4] == b"RIFF" and head[8:12] == b"AVI ":
@@ -143,3 +146,14 @@ def _sniff_text(head: bytes, suffix: str) -> str | None:
     if suffix in (".md", ".markdown"):
         return "text/markdown"
     return "text/plain"
+
+
+def _sniff_bom_text(head: bytes, suffix: str) -> str | None:
+    for bom, codec in ((b"\xff\xfe\x00\x00", "utf-32-le"), (b"\x00\x00\xfe\xff", "utf-32-be"),
+                       (b"\xff\xfe", "utf-16-le"), (b"\xfe\xff", "utf-16-be")):
+        if head.startswith(bom):
+            body = head[len(bom):]
+            unit = 4 if "32" in codec else 2
+            text = body[: len(body) - len(body) % unit].decode(codec, errors="replace")
+            return _sniff_text(text.encode("utf-8"), suffix)
+    return None
