@@ -42,14 +42,16 @@ def _say(enabled: bool, text: str = "") -> None:
 
 def make_shapes(folder: Path, seed: int = 7) -> list[Path]:
     """Write one synthetic picture per (colour, shape) into ``folder`` (kept if present)."""
-    from pipelines.synthetic import render_shape
+    import random
+
+    from pipelines.synthetic import make_sample
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (colour, shape) in enumerate(SHAPES):
         path = folder / f"{colour}_{shape}.png"
         if not path.exists():
-            render_shape(colour, shape, seed=seed + i).save(path)
+            make_sample(random.Random(seed + i), 256, colour=colour, shape=shape).image.save(path)
         paths.append(path)
     return paths
 
