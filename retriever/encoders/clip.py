@@ -1,0 +1,320 @@
+"""open_clip image+text encoder (the joint ``clip`` space).
+
+Construction is cheap; the model loads on first use, once, under a lock. Loading a
+pretrained tag looks in the local caches first and only goes to the network when the
+hub answers a quick probe, so an offline machine fails in seconds with a message that
+says how to point at local weights (never a minute of retries).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from retriever.config import ModelsConfig
+from retriever.encoders.device import DevicePlan, configure_threads, resolve_device
+from retriever.encoders.spec import (
+    CLIP_WEIGHTS_HINT,
+    ClipSpec,
+    hub_offline_reason,
+    parse_clip_spec,
+    read_config_json,
+)
+from retriever.errors import ConfigError, ModelLoadError
+
+__all__ = ["ClipEncoder", "register_model_config"]
+
+_REGISTRY_LOCK = threading.RLock()  # open_clip's config registry is a process-global dict
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    model: Any
+    transform: Any
+    tokenizer: Any
+    plan: DevicePlan
+    dim: int
+
+
+class ClipEncoder:
+    """ImageTextEncoder over an open_clip model; outputs float32 L2-normalised rows."""
+
+    space = "clip"
+
+    def __init__(self, spec: str | ClipSpec, models_cfg: ModelsConfig | None = None) -> None:
+        self.spec = parse_clip_spec(spec) if isinstance(spec, str) else spec
+        if not self.spec.enabled:
+            raise ConfigError("CLIP spec 'none' has no model; build_clip_encoder() returns None for it")
+        self._cfg = models_cfg or ModelsConfig()
+        if self._cfg.batch_size < 1:
+            raise ConfigError(f"models.batch_size is {self._cfg.batch_size}; expected a positive integer")
+        self._lock = threading.Lock()
+        self._state: _Loaded | None = None
+        self._model_id: str | None = None
+
+    @property
+    def model_id(self) -> str:
+        if self._model_id is None:
+            self._model_id = self.spec.model_id
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        return self._load().dim
+
+    @property
+    def device_plan(self) -> DevicePlan:
+        return self._load().plan
+
+    @property
+    def context_length(self) -> int:
+        return int(self._load().tokenizer.context_length)
+
+    def preprocess(self, image: Any) -> Any:
+        """PIL image -> the model's input tensor (thread-safe; runs in decode workers)."""
+        from PIL import Image
+
+        if not isinstance(image, Image.Image):
+            raise TypeError(f"ClipEncoder.preprocess expects a PIL.Image.Image, got {type(image).__name__}")
+        return self._load().transform(image)
+
+    def encode_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
+        state = self._load()
+        if len(batch) == 0:
+            return np.zeros((0, state.dim), dtype=np.float32)
+        import torch
+
+        out = []
+        size = self._cfg.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(batch), size):
+                x = torch.stack(list(batch[start : start + size]))
+                x = x.to(device=state.plan.device, dtype=state.plan.dtype)
+                out.append(_normalise(state.model.encode_image(x)))
+        return np.concatenate(out, axis=0)
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        return self.encode_preprocessed([self.preprocess(im) for im in images])
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed texts; the tokenizer truncates anything past the context length."""
+        _check_texts(texts)
+        state = self._load()
+        if len(texts) == 0:
+            return np.zeros((0, state.dim), dtype=np.float32)
+        import torch
+
+        out = []
+        size = self._cfg.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(texts), size):
+                tokens = state.tokenizer(list(texts[start : start + size])).to(state.plan.device)
+                out.append(_normalise(state.model.encode_text(tokens)))
+        return np.concatenate(out, axis=0)
+
+    def _load(self) -> _Loaded:
+        state = self._state
+        if state is not None:
+            return state
+        with self._lock:
+            if self._state is None:
+                self._state = _load_model(self.spec, resolve_device(self._cfg))
+            return self._state
+
+    def __repr__(self) -> str:
+        return f"ClipEncoder({self.spec.raw!r}, loaded={self._state is not None})"
+
+
+def _check_texts(texts: Sequence[str]) -> None:
+    if isinstance(texts, str):
+        raise TypeError("encode_texts expects a sequence of strings, got one str; wrap it in a list")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise TypeError(f"encode_texts: item {i} is {type(t).__name__}, expected str")
+
+
+def _normalise(features: Any) -> np.ndarray:
+    import torch
+
+    feats = features.float()
+    feats = torch.nn.functional.normalize(feats, dim=-1)
+    return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def register_model_config(config_path: os.PathLike[str] | str) -> str:
+    """Register a custom model config with open_clip (by file stem); return the stem.
+
+    Refuses a stem that shadows a built-in open_clip model with a different config.
+    Callers that create the model must hold ``_REGISTRY_LOCK`` across register+create.
+    """
+    import open_clip
+
+    path = Path(config_path)
+    wanted = read_config_json(path)
+    with _REGISTRY_LOCK:
+        stem = path.stem
+        builtin = open_clip.get_model_config(stem)
+        if stem in _builtin_names() and builtin != wanted:
+            raise ModelLoadError(
+                f"custom CLIP config {path} is named like the built-in open_clip model {stem!r} "
+                "but differs from it; rename the file"
+            )
+        open_clip.add_model_config(path)
+        if open_clip.get_model_config(stem) != wanted:
+            raise ModelLoadError(f"open_clip did not register the model config {path} under {stem!r}")
+        return stem
+
+
+def _builtin_names() -> set[str]:
+    import open_clip
+
+    cfg_dir = Path(open_clip.__file__).parent / "model_configs"
+    return {p.stem for p in cfg_dir.glob("*.json")}
+
+
+def _load_model(spec: ClipSpec, plan: DevicePlan) -> _Loaded:
+    configure_threads()
+    try:
+        import open_clip
+    except ImportError as exc:
+        raise ModelLoadError(f"cannot load {spec.describe()}: open_clip is not installed ({exc})") from exc
+    with _REGISTRY_LOCK:
+        name, kwargs = _creation_args(spec)
+        try:
+            model, _, transform = open_clip.create_model_and_transforms(
+                name, precision=plan.precision, device=plan.device, **kwargs
+            )
+            tokenizer = open_clip.get_tokenizer(name)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # torch/safetensors/open_clip raise many types for bad files
+            raise ModelLoadError(
+                f"could not load {spec.describe()}: {type(exc).__name__}: {_short(exc)}. {CLIP_WEIGHTS_HINT}"
+            ) from exc
+    model.eval()
+    for param in model.parameters():
+        param.requires_grad_(False)
+    dim = _embed_dim(model, name)
+    return _Loaded(model=model, transform=transform, tokenizer=tokenizer, plan=plan, dim=dim)
+
+
+def _creation_args(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
+    """Model name + create_model_and_transforms kwargs for a spec (no weights loaded yet)."""
+    if spec.kind == "config":
+        assert spec.config is not None and spec.weights is not None
+        _require_file(spec, spec.weights)
+        return register_model_config(spec.config), {"pretrained": str(spec.weights)}
+    _require_model_name(spec)
+    if spec.kind == "file":
+        assert spec.weights is not None
+        _require_file(spec, spec.weights)
+        return spec.model_name, {"pretrained": str(spec.weights)}
+    path, tag_cfg = _resolve_pretrained(spec)
+    kwargs: dict[str, Any] = {"pretrained": path, "force_quick_gelu": bool(tag_cfg.get("quick_gelu", False))}
+    for src, dst in (("mean", "image_mean"), ("std", "image_std"), ("interpolation", "image_interpolation"),
+                     ("resize_mode", "image_resize_mode")):
+        if tag_cfg.get(src):
+            kwargs[dst] = tag_cfg[src]
+    return spec.model_name, kwargs
+
+
+def _require_file(spec: ClipSpec, path: Any) -> None:
+    if not os.path.isfile(path):
+        raise ModelLoadError(f"could not load {spec.describe()}: file not found: {path}. {CLIP_WEIGHTS_HINT}")
+
+
+def _require_model_name(spec: ClipSpec) -> None:
+    import open_clip
+
+    known = open_clip.list_models()
+    if spec.model_name not in known:
+        close = difflib.get_close_matches(spec.model_name, known, n=5)
+        raise ModelLoadError(
+            f"could not load {spec.describe()}: {spec.model_name!r} is not an open_clip model"
+            f"{'; did you mean ' + ', '.join(close) if close else ''}? (open_clip.list_models() has {len(known)})"
+        )
+
+
+def _resolve_pretrained(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
+    """Local path of a pretrained tag's weights: cache first, then a probed download."""
+    import open_clip
+
+    tag_cfg = open_clip.get_pretrained_cfg(spec.model_name, spec.pretrained)
+    if not tag_cfg:
+        tags = open_clip.list_pretrained_tags_by_model(spec.model_name)
+        raise ModelLoadError(
+            f"could not load {spec.describe()}: unknown pretrained tag; known tags for {spec.model_name}: "
+            f"{', '.join(tags) or '(none)'}. {CLIP_WEIGHTS_HINT}"
+        )
+    if tag_cfg.get("file"):
+        return str(tag_cfg["file"]), tag_cfg
+    cached = _cached_pretrained(tag_cfg)
+    if cached:
+        return cached, tag_cfg
+    why = hub_offline_reason()
+    if why:
+        raise ModelLoadError(
+            f"could not load {spec.describe()}: the weights are not in the local cache and {why}. {CLIP_WEIGHTS_HINT}"
+        )
+    try:
+        return open_clip.download_pretrained(tag_cfg), tag_cfg
+    except Exception as exc:
+        raise ModelLoadError(
+            f"could not load {spec.describe()}: download failed: {_short(exc)}. {CLIP_WEIGHTS_HINT}"
+        ) from exc
+
+
+def _hub_files(tag_cfg: dict[str, Any]) -> tuple[str, list[str]]:
+    """Hub repo and candidate file names, safetensors first (open_clip's own convention)."""
+    repo, filename = os.path.split(str(tag_cfg["hf_hub"]))
+    filename = filename or "open_clip_pytorch_model.bin"
+    names = [filename]
+    if filename == "open_clip_pytorch_model.bin":
+        names.insert(0, "open_clip_model.safetensors")
+    elif filename.endswith((".bin", ".pth")):
+        names.insert(0, filename[:-4] + ".safetensors")
+    return repo, names
+
+
+def _cached_pretrained(tag_cfg: dict[str, Any]) -> str | None:
+    """Find a tag's weights in the Hugging Face or open_clip URL cache without network."""
+    if tag_cfg.get("hf_hub"):
+        try:
+            from huggingface_hub import try_to_load_from_cache
+        except ImportError:
+            try_to_load_from_cache = None
+        if try_to_load_from_cache is not None:
+            repo, names = _hub_files(tag_cfg)
+            for name in names:
+                hit = try_to_load_from_cache(repo_id=repo, filename=name)
+                if isinstance(hit, str) and os.path.isfile(hit):
+                    return hit
+    url = str(tag_cfg.get("url", ""))
+    if url:
+        target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
+        if os.path.isfile(target):
+            return target
+    return None
+
+
+def _embed_dim(model: Any, name: str) -> int:
+    dim = getattr(getattr(model, "visual", None), "output_dim", None)
+    if isinstance(dim, int) and dim > 0:
+        return dim
+    import open_clip
+
+    cfg = open_clip.get_model_config(name) or {}
+    if "embed_dim" in cfg:
+        return int(cfg["embed_dim"])
+    raise ModelLoadError(f"cannot tell the embedding size of open_clip model {name!r}")
+
+
+def _short(exc: BaseException, limit: int = 400) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

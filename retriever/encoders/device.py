@@ -1,0 +1,121 @@
+"""Where and in which precision models run.
+
+``auto`` picks CUDA with fp16 when torch sees a GPU; otherwise the CPU, in bf16 when
+the CPU has native bf16 matrix instructions (AMX or AVX512-BF16, read from
+``/proc/cpuinfo``), else fp32. ``models.device`` / ``models.precision`` override.
+Nothing here runs at import; torch is imported on first call.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from retriever.errors import ConfigError
+
+if TYPE_CHECKING:
+    from retriever.config import ModelsConfig
+
+__all__ = ["DevicePlan", "resolve_device", "cpu_supports_bf16", "configure_threads", "cpu_count"]
+
+_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+_threads_lock = threading.Lock()
+_threads_set: int | None = None
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """A resolved device (``cpu``, ``cuda``, ``cuda:N``) and precision (fp32|bf16|fp16)."""
+
+    device: str
+    precision: str
+
+    @property
+    def dtype(self) -> Any:
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def cpu_supports_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool:
+    """True when the CPU flags include ``amx_bf16`` or ``avx512_bf16``."""
+    try:
+        text = Path(cpuinfo).read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return False
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            if _BF16_FLAGS & set(line.partition(":")[2].split()):
+                return True
+    return False
+
+
+def resolve_device(models_cfg: "ModelsConfig", cpuinfo: str = "/proc/cpuinfo") -> DevicePlan:
+    """Turn ``models.device`` / ``models.precision`` into a concrete DevicePlan."""
+    device = (models_cfg.device or "auto").strip().lower()
+    precision = (models_cfg.precision or "auto").strip().lower()
+    if precision not in _PRECISIONS:
+        raise ConfigError(f"models.precision is {models_cfg.precision!r}; expected one of {', '.join(_PRECISIONS)}")
+    if device not in ("auto", "cpu", "cuda") and not _is_cuda_index(device):
+        raise ConfigError(f"models.device is {models_cfg.device!r}; expected auto, cpu, cuda or cuda:N")
+    import torch
+
+    has_cuda = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if has_cuda else "cpu"
+    if device.startswith("cuda") and not has_cuda:
+        raise ConfigError(
+            f"models.device is {device!r} but torch sees no CUDA GPU (torch.cuda.is_available() is False); "
+            "use models.device = 'cpu' or 'auto'"
+        )
+    if device.startswith("cuda"):
+        return DevicePlan(device, "fp16" if precision == "auto" else precision)
+    if precision == "fp16":
+        raise ConfigError("models.precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'")
+    if precision == "auto":
+        precision = "bf16" if cpu_supports_bf16(cpuinfo) else "fp32"
+    return DevicePlan("cpu", precision)
+
+
+def _is_cuda_index(device: str) -> bool:
+    head, sep, idx = device.partition(":")
+    return head == "cuda" and sep == ":" and idx.isdigit()
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def configure_threads() -> int:
+    """Set torch's intra-op threads once, on first model load.
+
+    ``MMRAG_THREADS`` wins; an explicit ``OMP_NUM_THREADS`` is respected; otherwise
+    one thread per available core. Returns the thread count in effect.
+    """
+    global _threads_set
+    with _threads_lock:
+        if _threads_set is not None:
+            return _threads_set
+        import torch
+
+        wanted = os.environ.get("MMRAG_THREADS", "").strip()
+        if wanted:
+            if not wanted.isdigit() or int(wanted) < 1:
+                raise ConfigError(f"MMRAG_THREADS is {wanted!r}; expected a positive integer")
+            torch.set_num_threads(int(wanted))
+        elif not os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(cpu_count())
+        _threads_set = torch.get_num_threads()
+        return _threads_set
