@@ -1,0 +1,387 @@
+"""Grounded generation: retrieve evidence, number it, ask a model, check its citations.
+
+Flow of :func:`ask`: search (one fused list) -> keep the hits that are relevant
+enough (see :func:`select_relevant`) -> number them ``[1]..[n]`` (images as image
+parts when the backend takes them) -> generate (extractive by default, or a
+LangChain chat model) -> :func:`check_citations` removes citations of evidence
+that was not given and flags sentences without a citation. With no relevant
+evidence the answer is an explicit "not found" and no model is called.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+import numpy as np
+
+from pipelines import prompts
+from pipelines.extractive import extractive_answer, split_sentences
+from retriever.config import LlmConfig
+from retriever.encoders.base import TextEncoder
+from retriever.errors import ConfigError, QueryError
+from retriever.types import Hit, Locator
+
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
+__all__ = [
+    "Answer",
+    "Citation",
+    "CitationCheck",
+    "Evidence",
+    "EvidencePack",
+    "Searcher",
+    "ask",
+    "build_evidence",
+    "check_citations",
+    "select_relevant",
+]
+
+
+class Searcher(Protocol):
+    """Anything that searches the store (``Engine`` does)."""
+
+    def search(self, text=None, image=None, audio=None, k=10, modalities=None, where=None) -> list[Hit]: ...
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One numbered piece of evidence ``[n]``; ``as_image``: sent to the model as an image."""
+
+    n: int
+    hit: Hit
+    as_image: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "as_image": self.as_image, **self.hit.to_dict()}
+
+
+@dataclass(frozen=True)
+class EvidencePack:
+    """The numbered evidence and the data URLs of the images among it (by number)."""
+
+    evidence: list[Evidence]
+    images: Mapping[int, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A valid ``[n]`` of the answer, resolved to the evidence it points at."""
+
+    n: int
+    item_id: int
+    citation: str
+    locator: Locator
+    source: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "item_id": self.item_id,
+            "citation": self.citation,
+            "locator": self.locator.to_dict(),
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A checked answer: every ``[n]`` left in ``text`` refers to ``evidence``."""
+
+    question: str
+    text: str
+    citations: list[Citation]
+    evidence: list[Evidence]
+    unsupported: list[str]
+    invalid_citations: list[int]
+    found: bool
+    model: str
+    usage: dict | None
+    extractive: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "question": self.question,
+            "text": self.text,
+            "found": self.found,
+            "model": self.model,
+            "extractive": self.extractive,
+            "usage": self.usage,
+            "citations": [c.to_dict() for c in self.citations],
+            "unsupported": list(self.unsupported),
+            "invalid_citations": list(self.invalid_citations),
+            "evidence": [e.to_dict() for e in self.evidence],
+        }
+
+
+# ---- relevance and the evidence pack ------------------------------------------------
+
+
+def select_relevant(
+    question: str, hits: Sequence[Hit], text_encoder: TextEncoder, config: LlmConfig
+) -> list[Hit]:
+    """The hits worth showing a model, in fused order.
+
+    A hit with text counts when the cosine between the question and its text in
+    the MiniLM text space reaches ``config.min_text_relevance``; a visual hit also
+    counts when its CLIP score reaches ``config.min_image_relevance``. Fused RRF
+    scores are rank-based, so they cannot say "nothing here is relevant"; these
+    raw similarities can.
+    """
+    textual = [h for h in hits if (h.text or "").strip()]
+    sims: dict[int, float] = {}
+    if textual:
+        vecs = text_encoder.encode_texts([question] + [h.text or "" for h in textual])
+        q, rows = np.asarray(vecs[0]), np.asarray(vecs[1:])
+        sims = {id(h): float(s) for h, s in zip(textual, rows @ q)}
+    kept = []
+    for hit in hits:
+        text_ok = sims.get(id(hit), -1.0) >= config.min_text_relevance
+        clip = hit.scores.get("clip")
+        image_ok = hit.image_path is not None and clip is not None and clip >= config.min_image_relevance
+        if text_ok or image_ok:
+            kept.append(hit)
+    return kept
+
+
+def build_evidence(hits: Sequence[Hit], *, images: bool, config: LlmConfig) -> EvidencePack:
+    """Number ``hits`` as ``[1]..[n]``; the first ``max_images`` readable images become image parts."""
+    evidence: list[Evidence] = []
+    data_urls: dict[int, str] = {}
+    for n, hit in enumerate(hits, start=1):
+        url = None
+        if images and hit.image_path and len(data_urls) < config.max_images:
+            url = prompts.image_data_url(hit.image_path, config.max_image_px)
+        if url is not None:
+            data_urls[n] = url
+        evidence.append(Evidence(n=n, hit=hit, as_image=url is not None))
+    return EvidencePack(evidence=evidence, images=data_urls)
+
+
+# ---- citation check -------------------------------------------------------------------
+
+_GROUP = re.compile(r"[ \t]*\[([^\[\]\n]{1,120})\]")
+_PREFIX = re.compile(r"^\s*(?:evidence|sources?|refs?|doc(?:ument)?s?)\s*#?\s*", re.IGNORECASE)
+_CITATION_LIKE = re.compile(r"^[-–—]?\d[\w\s,;.\-–—]*$")
+_DASH = re.compile(r"\s*[-–—]\s*")
+_NUMBER = re.compile(r"^[0-9]+$")
+_RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
+_INT = re.compile(r"(?<![0-9])-?[0-9]+")
+_LEADING_GROUPS = re.compile(r"^(?:\[[^\[\]\n]*\]\s*)+")
+
+
+@dataclass(frozen=True)
+class CitationCheck:
+    """``text`` with invalid citations removed; ``cited``: valid numbers in order of first use."""
+
+    text: str
+    cited: list[int]
+    invalid: list[int]
+    unsupported: list[str]
+
+
+def check_citations(text: str, n_evidence: int) -> CitationCheck:
+    """Keep only citations of evidence ``1..n_evidence``; flag uncited sentences.
+
+    A bracket group is a citation when its content (after an optional
+    ``evidence``/``source`` word) starts with a digit: ``[1]``, ``[1,2]``,
+    ``[1; 3]``, ``[1-3]``, ``[Evidence 2]``. Each comma/space separated part must be
+    a number ``1 <= k <= n`` or an ascending range of them; any other part (``0``,
+    out of range numbers, reversed or out of range ranges, ``1.5``, ``2a``) is removed
+    and every integer in it is reported as invalid. ``[sic]`` and other prose
+    brackets are left alone.
+    """
+    cited: list[int] = []
+    invalid: list[int] = []
+
+    def fix(match: re.Match[str]) -> str:
+        body = _PREFIX.sub("", match.group(1), count=1)
+        if not _is_citation(body):
+            return match.group(0)
+        normal = _DASH.sub("-", body.strip())
+        parts = [p for p in re.split(r"[,;\s]+", normal) if p]
+        kept = []
+        for part in parts:
+            numbers = _parse_part(part, n_evidence)
+            if numbers is None:
+                invalid.extend(int(v) for v in _INT.findall(part))
+                continue
+            kept.append(part)
+            cited.extend(numbers)
+        if not kept:
+            return ""
+        lead = match.group(0)[: len(match.group(0)) - len(match.group(0).lstrip(" \t"))]
+        if len(kept) == len(parts) and body == match.group(1) and normal == body.strip():
+            return match.group(0)
+        return f"{lead}[{', '.join(kept)}]"
+
+    cleaned = _GROUP.sub(fix, text)
+    cleaned = re.sub(r"\]\s*[,;](?=\s*(?:[.!?]|$))", "]", cleaned, flags=re.MULTILINE)
+    return CitationCheck(
+        text=cleaned.strip(),
+        cited=_dedupe(cited),
+        invalid=_dedupe(invalid),
+        unsupported=_unsupported(cleaned),
+    )
+
+
+def _is_citation(body: str) -> bool:
+    return bool(_CITATION_LIKE.match(body.strip()))
+
+
+def _has_citation(sentence: str) -> bool:
+    return any(_is_citation(_PREFIX.sub("", m.group(1), count=1)) for m in _GROUP.finditer(sentence))
+
+
+def _parse_part(part: str, n: int) -> list[int] | None:
+    """The evidence numbers a citation part names, or None when it is invalid."""
+    if _NUMBER.match(part):
+        k = int(part)
+        return [k] if 1 <= k <= n else None
+    m = _RANGE.match(part)
+    if m:
+        a, b = int(m.group(1)), int(m.group(2))
+        return list(range(a, b + 1)) if 1 <= a <= b <= n else None
+    return None
+
+
+def _dedupe(values: Sequence[int]) -> list[int]:
+    return list(dict.fromkeys(values))
+
+
+def _unsupported(text: str) -> list[str]:
+    """Sentences that state something but carry no citation."""
+    out = []
+    for sentence in _attach_leading_citations(split_sentences(text, keep_lines=True)):
+        if _has_citation(sentence):
+            continue
+        bare = sentence.strip()
+        if not re.search(r"[^\W_]", bare) or bare.endswith(":") or bare.startswith("#"):
+            continue
+        if _is_not_found(bare):
+            continue
+        out.append(sentence.strip())
+    return out
+
+
+def _attach_leading_citations(sentences: list[str]) -> list[str]:
+    """Move citations that open a sentence (``text. [1] Next``) to the sentence before."""
+    out: list[str] = []
+    for sentence in sentences:
+        lead = _LEADING_GROUPS.match(sentence)
+        if lead and out:
+            out[-1] = f"{out[-1]} {lead.group(0).strip()}"
+            sentence = sentence[lead.end() :]
+        if sentence.strip():
+            out.append(sentence)
+    return out
+
+
+def _is_not_found(text: str) -> bool:
+    norm = re.sub(r"[^a-z ]", "", text.lower()).strip()
+    return norm.startswith(re.sub(r"[^a-z ]", "", prompts.NOT_FOUND_TEXT.lower()).strip())
+
+
+# ---- the ask flow ---------------------------------------------------------------------
+
+
+def ask(
+    searcher: Searcher,
+    question: str,
+    *,
+    text_encoder: TextEncoder,
+    config: LlmConfig,
+    k: int = 8,
+    where: Any = None,
+    modalities: Any = None,
+    llm: str | BaseChatModel | None = None,
+    prompt: str | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer ``question`` from the store's evidence, with checked citations.
+
+    ``llm``: a spec (``extractive``, ``openai:MODEL``, ``ollama:MODEL``) or a LangChain
+    chat model; default ``config.spec``. ``prompt``: a template (or template file)
+    overriding ``config.prompt``. ``on_token`` receives the answer text as it is
+    produced (the raw model text; ``Answer.text`` is the checked version).
+    """
+    from pipelines import llms
+
+    if not isinstance(question, str) or not question.strip():
+        raise QueryError(f"ask needs a non-empty question string, got {question!r}")
+    if k < 1:
+        raise QueryError(f"ask needs k >= 1, got {k}")
+    question = question.strip()
+    _check_config(config)
+    backend = llms.resolve_backend(llm, config)
+    template = None if backend.extractive else prompts.resolve_template(prompt, config.prompt)
+    hits = searcher.search(text=question, k=k, modalities=modalities, where=where)
+    relevant = select_relevant(question, hits, text_encoder, config)
+    if not relevant:
+        return _not_found(question, [], backend.name, backend.extractive, None, on_token)
+    pack = build_evidence(relevant, images=backend.accepts_images, config=config)
+    if backend.extractive:
+        text = extractive_answer(question, pack.evidence, text_encoder, config)
+        if text is None:
+            return _not_found(question, pack.evidence, backend.name, True, None, on_token)
+        if on_token is not None:
+            on_token(text)
+        return _finish(question, text, pack, backend.name, None, True)
+    assert template is not None
+    parts = prompts.build_parts(template, question, pack.evidence, pack.images, config.max_evidence_chars)
+    generation = backend.generate(parts, on_token)
+    return _finish(question, generation.text, pack, backend.name, generation.usage, False)
+
+
+def _check_config(config: LlmConfig) -> None:
+    limits = {"max_images": 0, "max_image_px": 16, "max_evidence_chars": 50, "extractive_sentences": 1}
+    for name, least in limits.items():
+        value = getattr(config, name)
+        if not isinstance(value, int) or value < least:
+            raise ConfigError(f"setting llm.{name} must be an integer >= {least}, got {value!r}")
+
+
+def _finish(
+    question: str, raw: str, pack: EvidencePack, model: str, usage: dict | None, extractive: bool
+) -> Answer:
+    check = check_citations(raw, len(pack.evidence))
+    if _is_not_found(check.text) or not check.text:
+        text = check.text or prompts.NOT_FOUND_TEXT
+        return Answer(question, text, [], pack.evidence, [], check.invalid, False, model, usage, extractive)
+    by_n = {e.n: e for e in pack.evidence}
+    citations = [_citation(by_n[n]) for n in check.cited]
+    return Answer(
+        question=question,
+        text=check.text,
+        citations=citations,
+        evidence=pack.evidence,
+        unsupported=check.unsupported,
+        invalid_citations=check.invalid,
+        found=True,
+        model=model,
+        usage=usage,
+        extractive=extractive,
+    )
+
+
+def _citation(ev: Evidence) -> Citation:
+    hit = ev.hit
+    return Citation(
+        n=ev.n, item_id=hit.item_id, citation=hit.citation, locator=hit.locator, source=hit.source_uri
+    )
+
+
+def _not_found(
+    question: str,
+    evidence: list[Evidence],
+    model: str,
+    extractive: bool,
+    usage: dict | None,
+    on_token: Callable[[str], None] | None,
+) -> Answer:
+    if on_token is not None:
+        on_token(prompts.NOT_FOUND_TEXT)
+    return Answer(question, prompts.NOT_FOUND_TEXT, [], evidence, [], [], False, model, usage, extractive)

@@ -1,0 +1,180 @@
+"""The LangChain retriever adapter inside LCEL chains with fake chat models from langchain_core."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("langchain_core")
+
+from langchain_core.documents import Document
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from langchain_core.output_parsers import StrOutputParser
+from langchain_core.prompts import ChatPromptTemplate
+from langchain_core.runnables import RunnableLambda, RunnablePassthrough
+
+from pipelines.langchain import MmragRetriever, format_docs, hit_to_document
+from retriever.types import Hit, Locator, Modality
+
+
+def _hits() -> list[Hit]:
+    return [
+        Hit(
+            item_id=7,
+            score=0.033,
+            scores={"text": 0.61, "bm25": 7.2},
+            ranks={"text": 1, "bm25": 1},
+            modality=Modality.PDF,
+            kind="chunk",
+            source_uri="/docs/multi_page.pdf",
+            source_name="multi_page.pdf",
+            locator=Locator("/docs/multi_page.pdf", page=1, char_start=0, char_end=120),
+            text="Patented in 1868 by Christopher Latham Sholes, the typewriter revolutionized communication.",
+            thumbnail_path=None,
+            image_path=None,
+        ),
+        Hit(
+            item_id=9,
+            score=0.031,
+            scores={"clip": 0.29},
+            ranks={"clip": 1},
+            modality=Modality.IMAGE,
+            kind="photo",
+            source_uri="/photos/typewriter.jpg",
+            source_name="typewriter.jpg",
+            locator=Locator("/photos/typewriter.jpg"),
+            text=None,
+            thumbnail_path="/store/thumbs/9.jpg",
+            image_path="/photos/typewriter.jpg",
+            metadata={"caption": "An old black typewriter on a desk"},
+        ),
+        Hit(
+            item_id=12,
+            score=0.030,
+            scores={"text": 0.44},
+            ranks={"text": 2},
+            modality=Modality.VIDEO,
+            kind="keyframe",
+            source_uri="/media/talk.mp4",
+            source_name="talk.mp4",
+            locator=Locator("/media/talk.mp4", t=83.0),
+            text=None,
+            thumbnail_path="/store/thumbs/12.jpg",
+            image_path="/store/frames/12.jpg",
+        ),
+    ]
+
+
+class FakeSearcher:
+    def __init__(self, hits: list[Hit]) -> None:
+        self.hits = hits
+        self.calls: list[dict] = []
+
+    def search(self, text=None, image=None, audio=None, k=10, modalities=None, where=None):
+        self.calls.append({"text": text, "k": k, "modalities": modalities, "where": where})
+        return self.hits[:k]
+
+
+def test_retriever_returns_documents_with_metadata():
+    searcher = FakeSearcher(_hits())
+    retriever = MmragRetriever(searcher=searcher, k=3, modalities=["pdf", "image"], where={"kind": "chunk"})
+    docs = retriever.invoke("who patented the typewriter")
+    assert searcher.calls == [
+        {
+            "text": "who patented the typewriter",
+            "k": 3,
+            "modalities": ["pdf", "image"],
+            "where": {"kind": "chunk"},
+        }
+    ]
+    assert [type(d) for d in docs] == [Document] * 3
+    text, photo, frame = docs
+    assert text.page_content.startswith("Patented in 1868")
+    assert text.metadata["citation"] == "multi_page.pdf p.1"
+    assert text.metadata["locator"] == {
+        "uri": "/docs/multi_page.pdf",
+        "page": 1,
+        "char_start": 0,
+        "char_end": 120,
+    }
+    assert text.metadata["modality"] == "pdf" and text.metadata["score"] == pytest.approx(0.033)
+    assert text.metadata["item_id"] == 7 and text.id == "7"
+    assert photo.page_content == "photo typewriter.jpg: An old black typewriter on a desk"
+    assert photo.metadata["image"] == "/photos/typewriter.jpg"
+    assert photo.metadata["thumbnail"] == "/store/thumbs/9.jpg"
+    assert frame.page_content == "video keyframe: talk.mp4 @ 01:23"
+    assert frame.metadata["locator"] == {"uri": "/media/talk.mp4", "t": 83.0}
+    with pytest.raises(ValueError):
+        MmragRetriever(searcher=searcher, k=0)
+
+
+def test_retriever_in_an_lcel_chain_with_a_fake_chat_model():
+    retriever = MmragRetriever(searcher=FakeSearcher(_hits()), k=2)
+    prompt = ChatPromptTemplate.from_template(
+        "Answer only from the evidence and cite it as [n].\n\n{context}\n\nQuestion: {question}"
+    )
+    seen: list[str] = []
+
+    def record(value):
+        seen.append(value.to_string())
+        return value
+
+    model = FakeListChatModel(responses=["Christopher Latham Sholes patented it in 1868 [1]."])
+    chain = (
+        {"context": retriever | format_docs, "question": RunnablePassthrough()}
+        | prompt
+        | RunnableLambda(record)
+        | model
+        | StrOutputParser()
+    )
+    out = chain.invoke("Who patented the typewriter?")
+    assert out == "Christopher Latham Sholes patented it in 1868 [1]."
+    assert len(seen) == 1
+    assert "[1] multi_page.pdf p.1\nPatented in 1868 by Christopher Latham Sholes" in seen[0]
+    assert "[2] typewriter.jpg\nphoto typewriter.jpg: An old black typewriter on a desk" in seen[0]
+    assert seen[0].rstrip().endswith("Question: Who patented the typewriter?")
+
+
+def test_retriever_batch_and_format_docs_numbering():
+    retriever = MmragRetriever(searcher=FakeSearcher(_hits()), k=3)
+    batches = retriever.batch(["typewriter", "keyframe"])
+    assert [len(b) for b in batches] == [3, 3]
+    formatted = format_docs([hit_to_document(h) for h in _hits()])
+    assert [line for line in formatted.splitlines() if line.startswith("[")] == [
+        "[1] multi_page.pdf p.1",
+        "[2] typewriter.jpg",
+        "[3] talk.mp4 @ 01:23",
+    ]
+
+
+def test_retriever_over_a_real_store(tmp_path: Path, eval_dir: Path):
+    if importlib.util.find_spec("pipelines.engine") is None:
+        pytest.skip("pipelines.engine is not available yet")
+    from pipelines.engine import Engine
+
+    transcripts = eval_dir / "audio" / "transcripts.json"
+    import json
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for name, entry in list(json.loads(transcripts.read_text()).items())[:6]:
+        (notes / f"{Path(name).stem}.txt").write_text(entry["text"] + "\n", encoding="utf-8")
+    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as eng:
+        report = eng.ingest([str(notes)])
+        assert report.failed == []
+        retriever = MmragRetriever(searcher=eng, k=2)
+        model = FakeListChatModel(responses=["ok"])
+        captured: list[list[Document]] = []
+        chain = (
+            retriever
+            | RunnableLambda(lambda docs: captured.append(docs) or format_docs(docs))
+            | model
+            | StrOutputParser()
+        )
+        assert chain.invoke("ask not what your country can do for you") == "ok"
+    top = captured[0][0]
+    assert top.metadata["source_name"] == "jfk.txt"
+    assert "country" in top.page_content.lower()
+    assert top.metadata["citation"].startswith("jfk.txt")
