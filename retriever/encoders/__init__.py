@@ -14,18 +14,18 @@ from retriever.encoders.spec import CLIP_WEIGHTS_HINT, ClipSpec, parse_clip_spec
 from retriever.encoders.text import SentenceTransformerEncoder
 
 __all__ = [
-    "TextEncoder",
-    "ImageTextEncoder",
-    "ClipEncoder",
-    "SentenceTransformerEncoder",
-    "ClipSpec",
-    "parse_clip_spec",
     "CLIP_WEIGHTS_HINT",
+    "ClipEncoder",
+    "ClipSpec",
     "DevicePlan",
-    "resolve_device",
-    "cpu_supports_bf16",
+    "ImageTextEncoder",
+    "SentenceTransformerEncoder",
+    "TextEncoder",
     "build_clip_encoder",
     "build_text_encoder",
+    "cpu_supports_bf16",
+    "parse_clip_spec",
+    "resolve_device",
 ]
 
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import difflib
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -28,9 +29,9 @@ from retriever.encoders.spec import (
 )
 from retriever.errors import ConfigError, ModelLoadError
 
-__all__ = ["ClipEncoder", "register_model_config"]
+__all__ = ["REGISTRY_LOCK", "ClipEncoder", "register_model_config"]
 
-_REGISTRY_LOCK = threading.RLock()  # open_clip's config registry is a process-global dict
+REGISTRY_LOCK = threading.RLock()  # open_clip's config registry is a process-global dict
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,17 @@ class ClipEncoder:
 
     @property
     def dim(self) -> int:
-        return self._load().dim
+        """Embedding size; read from the model config when not loaded yet (no weights needed)."""
+        state = self._state
+        if state is not None:
+            return state.dim
+        if self.spec.kind == "config":
+            assert self.spec.config is not None
+            return int(read_config_json(self.spec.config)["embed_dim"])
+        import open_clip
+
+        cfg = open_clip.get_model_config(self.spec.model_name)
+        return int(cfg["embed_dim"]) if cfg and "embed_dim" in cfg else self._load().dim
 
     @property
     def device_plan(self) -> DevicePlan:
@@ -151,13 +162,14 @@ def register_model_config(config_path: os.PathLike[str] | str) -> str:
     """Register a custom model config with open_clip (by file stem); return the stem.
 
     Refuses a stem that shadows a built-in open_clip model with a different config.
-    Callers that create the model must hold ``_REGISTRY_LOCK`` across register+create.
+    Callers that create the model hold ``REGISTRY_LOCK`` across register + create, since
+    another config with the same stem may be registered in between.
     """
     import open_clip
 
     path = Path(config_path)
     wanted = read_config_json(path)
-    with _REGISTRY_LOCK:
+    with REGISTRY_LOCK:
         stem = path.stem
         builtin = open_clip.get_model_config(stem)
         if stem in _builtin_names() and builtin != wanted:
@@ -184,7 +196,7 @@ def _load_model(spec: ClipSpec, plan: DevicePlan) -> _Loaded:
         import open_clip
     except ImportError as exc:
         raise ModelLoadError(f"cannot load {spec.describe()}: open_clip is not installed ({exc})") from exc
-    with _REGISTRY_LOCK:
+    with REGISTRY_LOCK:
         name, kwargs = _creation_args(spec)
         try:
             model, _, transform = open_clip.create_model_and_transforms(

@@ -19,7 +19,7 @@ from retriever.errors import ConfigError
 if TYPE_CHECKING:
     from retriever.config import ModelsConfig
 
-__all__ = ["DevicePlan", "resolve_device", "cpu_supports_bf16", "configure_threads", "cpu_count"]
+__all__ = ["DevicePlan", "configure_threads", "cpu_count", "cpu_supports_bf16", "resolve_device"]
 
 _PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
@@ -52,13 +52,12 @@ def cpu_supports_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool
     except OSError:
         return False
     for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            if _BF16_FLAGS & set(line.partition(":")[2].split()):
-                return True
+        if line.startswith(("flags", "Features")) and _BF16_FLAGS & set(line.partition(":")[2].split()):
+            return True
     return False
 
 
-def resolve_device(models_cfg: "ModelsConfig", cpuinfo: str = "/proc/cpuinfo") -> DevicePlan:
+def resolve_device(models_cfg: ModelsConfig, cpuinfo: str = "/proc/cpuinfo") -> DevicePlan:
     """Turn ``models.device`` / ``models.precision`` into a concrete DevicePlan."""
     device = (models_cfg.device or "auto").strip().lower()
     precision = (models_cfg.precision or "auto").strip().lower()

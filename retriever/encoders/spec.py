@@ -27,13 +27,13 @@ from urllib.parse import urlparse
 from retriever.errors import ConfigError, ModelLoadError
 
 __all__ = [
-    "ClipSpec",
-    "parse_clip_spec",
-    "file_fingerprint",
-    "read_config_json",
-    "hub_offline_reason",
     "CLIP_WEIGHTS_HINT",
     "WEIGHT_SUFFIXES",
+    "ClipSpec",
+    "file_fingerprint",
+    "hub_offline_reason",
+    "parse_clip_spec",
+    "read_config_json",
 ]
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt", ".npz")

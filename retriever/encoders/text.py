@@ -10,11 +10,13 @@ MiniLM, about 1.5-2.5x faster).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +25,7 @@ from retriever.encoders.device import DevicePlan, configure_threads, resolve_dev
 from retriever.encoders.spec import file_fingerprint, hub_offline_reason
 from retriever.errors import ConfigError, ModelLoadError
 
-__all__ = ["SentenceTransformerEncoder", "packaged_minilm_path", "TEXT_MODEL_HINT"]
+__all__ = ["TEXT_MODEL_HINT", "SentenceTransformerEncoder", "packaged_minilm_path"]
 
 _DEFAULT_ALIASES = {DEFAULT_TEXT_MODEL, f"sentence-transformers/{DEFAULT_TEXT_MODEL}"}
 _FINGERPRINT_SUFFIXES = (".json", ".txt", ".safetensors", ".bin", ".model")
@@ -70,6 +72,7 @@ class SentenceTransformerEncoder:
         self._encode_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         self._state: _Loaded | None = None
         self._model_id: str | None = None
+        self._dim_hint: int | None = None
 
     @property
     def model_id(self) -> str:
@@ -84,7 +87,14 @@ class SentenceTransformerEncoder:
 
     @property
     def dim(self) -> int:
-        return self._load().dim
+        """Embedding size; read from the model directory's configs when possible (no loading)."""
+        state = self._state
+        if state is not None:
+            return state.dim
+        if self._dim_hint is None:
+            local = self._local_dir()
+            self._dim_hint = _dim_from_files(local) if local is not None else 0
+        return self._dim_hint or self._load().dim
 
     @property
     def device_plan(self) -> DevicePlan:
@@ -174,6 +184,29 @@ class SentenceTransformerEncoder:
 
     def __repr__(self) -> str:
         return f"SentenceTransformerEncoder({self.name!r}, loaded={self._state is not None})"
+
+
+def _dim_from_files(path: Path) -> int:
+    """Output size from modules.json + module configs (0 when it cannot be told)."""
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+        dim = 0
+        for module in modules:
+            kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+            folder = path / str(module.get("path", ""))
+            if kind == "Transformer":
+                dim = int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["hidden_size"])
+            elif kind == "Pooling":
+                cfg = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+                modes = sum(1 for k, v in cfg.items() if k.startswith("pooling_mode_") and v is True)
+                dim = int(cfg["word_embedding_dimension"]) * max(1, modes)
+            elif kind == "Dense":
+                dim = int(json.loads((folder / "config.json").read_text(encoding="utf-8"))["out_features"])
+            elif kind != "Normalize":
+                return 0
+        return dim
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return 0
 
 
 def _dir_fingerprint(path: Path) -> str:
