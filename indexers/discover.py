@@ -2,7 +2,8 @@
 
 Symlinked directories are followed only when configured, and loops are cut by
 remembering (device, inode) of every directory entered. Unreadable directories
-and files that vanish are reported as skipped with a reason, never raised.
+and files that vanish are reported as skipped with a reason, never raised, and so
+are names that are not valid UTF-8 (the catalog stores paths as text).
 """
 
 from __future__ import annotations
@@ -35,6 +36,20 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
     return False
 
 
+def _bad_name(path: str) -> str | None:
+    """Why a path cannot be stored as text (None if it can)."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8 (rename the file to ingest it)"
+
+
+def _printable(path: str) -> Path:
+    """``path`` with undecodable bytes shown as U+FFFD, safe to report and store."""
+    return Path(os.fsencode(path).decode("utf-8", "replace"))
+
+
 def discover(
     paths: Sequence[str | os.PathLike[str]],
     include: Sequence[str] = (),
@@ -45,6 +60,11 @@ def discover(
     """Yield files under ``paths`` (files given explicitly are always yielded)."""
     for raw in paths:
         path = Path(raw).expanduser()
+        bad = _bad_name(str(path.absolute()))
+        if bad is not None:
+            shown = _printable(str(path.absolute()))
+            yield Found(shown, shown, bad)
+            continue
         if not os.path.lexists(path):
             yield Found(path.absolute(), path.absolute(), f"no such file or directory: {raw}")
             continue
@@ -86,6 +106,9 @@ def _walk(root, include, exclude, follow, is_candidate) -> Iterator[Found]:
 
 def _entry(entry, root, include, exclude, follow, is_candidate, subdirs) -> Found | None:
     path = Path(entry.path)
+    bad = _bad_name(entry.path)
+    if bad is not None:
+        return Found(_printable(entry.path), root, bad)
     rel = path.relative_to(root).as_posix()
     try:
         is_link = entry.is_symlink()

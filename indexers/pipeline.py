@@ -11,6 +11,7 @@ at any point is recorded as failed with its reason and the run goes on.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import queue
@@ -132,6 +133,7 @@ class IngestPipeline:
         self.progress = progress
         self.transcriber = transcriber
         self.batch_size = config.models.batch_size
+        self._cancel = threading.Event()
 
     # ---- public ---------------------------------------------------------------
     def run(self, paths: Sequence[str | os.PathLike[str]], prune: bool = False) -> IngestReport:
@@ -143,17 +145,22 @@ class IngestPipeline:
         found = list(discover(paths, cfg.include, cfg.exclude, cfg.follow_symlinks, self.registry.is_candidate))
         files = [f for f in found if f.reason is None]
         report.skipped = [(str(f.path), f.reason) for f in found if f.reason is not None]
-        status = "failed"
         try:
             self._consume(files, report)
             if prune:
                 report.removed = self.prune(paths, [f.path for f in found])
-            status = "ok"
-        finally:
-            self.store.save()
-            report.seconds = time.perf_counter() - t0
-            self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+        except BaseException:
+            # save what was committed, but never let a second failure (disk still full) hide the first
+            with contextlib.suppress(Exception):
+                self._finish(report, "failed", t0)
+            raise
+        self._finish(report, "ok", t0)
         return report
+
+    def _finish(self, report: IngestReport, status: str, t0: float) -> None:
+        self.store.save()
+        report.seconds = time.perf_counter() - t0
+        self.store.catalog.finish_run(report.run_id, status, report.to_dict())
 
     def prune(self, roots: Sequence[str | os.PathLike[str]], seen: Sequence[Path]) -> int:
         """Remove sources under ``roots`` whose files no longer exist."""
@@ -182,7 +189,7 @@ class IngestPipeline:
             while True:
                 with lock:
                     nxt = next(it, None)
-                if nxt is None:
+                if nxt is None or self._cancel.is_set():
                     out.put(_STOP)
                     return
                 key, found = nxt
@@ -202,6 +209,8 @@ class IngestPipeline:
             info = replace(info, content_type=ctype, family=family(ctype))
             ctx = self._context()
             for item in ingestor.ingest(path, ctx):
+                if self._cancel.is_set():
+                    return
                 if item.locator.uri != info.uri:
                     item = replace(item, locator=item.locator.with_uri(info.uri))
                 out.put(_ItemMsg(key, prepare_item(item, self.clip, self.config.ingest)))
@@ -248,19 +257,27 @@ class IngestPipeline:
             t.start()
         state = _RunState(self, report, len(files))
         stopped = 0
-        while stopped < n_workers:
-            try:
-                msg = out.get(timeout=0.05)
-            except queue.Empty:
-                state.flush()  # idle: encode what we have rather than wait for a full batch
-                continue
-            if msg is _STOP:
-                stopped += 1
-            else:
-                state.handle(msg)
-        state.flush()
-        for t in threads:
-            t.join()
+        try:
+            while stopped < n_workers:
+                try:
+                    msg = out.get(timeout=0.05)
+                except queue.Empty:
+                    state.flush()  # idle: encode what we have rather than wait for a full batch
+                    continue
+                if msg is _STOP:
+                    stopped += 1
+                else:
+                    state.handle(msg)
+            state.flush()
+        except BaseException:
+            self._cancel.set()  # a failed commit (disk full...) ends the run: stop the workers
+            while stopped < n_workers:
+                if out.get() is _STOP:
+                    stopped += 1
+            raise
+        finally:
+            for t in threads:
+                t.join()
 
 
 class _RunState:
@@ -349,12 +366,7 @@ class _RunState:
 
 
 def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> str | None:
-    if data is None:
-        return None
-    path = store.media_path(kind, item_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    return path.relative_to(store.root).as_posix()
+    return None if data is None else store.write_media(kind, item_id, data)
 
 
 def encode_items(

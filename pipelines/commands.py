@@ -105,10 +105,10 @@ def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> 
     if args.json:
         emit(args, data, "")
         return 0
-    if not stream or not data.get("streamed"):
-        print(answer.text)
+    if stream:
+        print()  # the answer text was printed as it came (the backend's raw text)
     else:
-        print()
+        print(answer.text)
     for c in data.get("citations", []):
         print(f"  [{c['n']}] {c['citation']}")
     if data.get("invalid_citations"):
@@ -137,6 +137,56 @@ def cmd_stats(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -
     )
     emit(args, stats, human)
     return 0
+
+
+def _store(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    """The store alone (verify/repair need no model, so any store opens whatever it was built with)."""
+    from retriever.config import Config
+    from retriever.store import Store
+
+    config = Config.load(args.store, overrides)
+    return Store(config.store, config, create=False)
+
+
+def format_verify(report: dict[str, Any]) -> str:
+    head = "ok" if report["ok"] else "INCONSISTENT"
+    lines = [f"{head}: {report['errors']} error(s), {report['warnings']} warning(s) in {report['store']} "
+             f"({report['counts'].get('sources', 0)} sources, {report['counts'].get('items', 0)} items)"]
+    lines += [f"  {p['severity']:<7} {p['code']}: {p['message']}" for p in report["problems"]]
+    return "\n".join(lines)
+
+
+def cmd_verify(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    from retriever.verify import verify
+
+    store = _store(args, overrides)
+    try:
+        report = verify(store, check_files=not args.no_files, hash_all=args.hash).to_dict()
+    finally:
+        store.close()
+    emit(args, report, format_verify(report))
+    return 0 if report["ok"] else 1
+
+
+def cmd_repair(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    from retriever.repair import repair
+
+    store = _store(args, overrides)
+    try:
+        with store.write_lock(store.config.ingest.lock_wait_s):
+            report = repair(store, check_files=not args.no_files).to_dict()
+    finally:
+        store.close()
+    human = "\n".join([f"repaired {report['store']}"] + [f"  {a}" for a in report["actions"]]
+                      + ["after: " + format_verify(report["after"])])
+    emit(args, report, human)
+    return 0 if report["ok"] else 1
+
+
+def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    from pipelines.evaluate import run_eval
+
+    return run_eval(args, overrides, emit)
 
 
 def cmd_demo(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:

@@ -100,7 +100,7 @@ class Engine:
             if self._transcriber is None:
                 from indexers.transcribe import Transcriber
 
-                self._transcriber = Transcriber(self.config.audio)
+                self._transcriber = Transcriber(self.config.audio, device=self.config.models.device)
             return self._transcriber
 
     def _transcriber_or_none(self) -> Any:
@@ -177,7 +177,13 @@ class Engine:
             mmr=mmr,
             runs=tuple(runs) if runs else None,
         )
-        return self.retriever().search(query)
+        retriever = self.retriever()
+        for _attempt in range(5):  # one catalog state per search: retry if a commit landed mid-search
+            head = self.store.head()
+            hits = retriever.search(query)
+            if self.store.head() == head:
+                break
+        return hits
 
     def _audio_query_text(self, audio: str | os.PathLike[str], text: str | None) -> str:
         from indexers.transcribe import transcribe_query
@@ -195,6 +201,20 @@ class Engine:
         from pipelines.rag import ask
 
         return ask(self, question, text_encoder=self.text_encoder, config=self.config.llm, **kwargs)
+
+    # ---- maintenance --------------------------------------------------------
+    def verify(self, check_files: bool = True, hash_all: bool = False) -> Any:
+        """Check catalog <-> indexes <-> files, read-only (a ``retriever.verify.VerifyReport``)."""
+        from retriever.verify import verify
+
+        return verify(self.store, check_files=check_files, hash_all=hash_all)
+
+    def repair(self, check_files: bool = True) -> Any:
+        """Rebuild the indexes from the catalog's vectors and fix what verify found (a ``RepairReport``)."""
+        from retriever.repair import repair
+
+        with self.store.write_lock(self.config.ingest.lock_wait_s):
+            return repair(self.store, check_files=check_files)
 
     def stats(self) -> dict[str, Any]:
         counts = self.store.catalog.counts()

@@ -19,8 +19,18 @@ from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
-    "EditCounts", "corpus_wer", "normalize_text", "number_to_words", "wer", "word_edits",
-    "ndcg_at_k", "recall_at_k", "mrr_at_k", "hit_at_k", "dedupe_ranking", "mean_retrieval_scores",
+    "EditCounts",
+    "corpus_wer",
+    "dedupe_ranking",
+    "hit_at_k",
+    "mean_retrieval_scores",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "normalize_text",
+    "number_to_words",
+    "recall_at_k",
+    "wer",
+    "word_edits",
 ]
 
 _ONES = [

@@ -1,17 +1,22 @@
 """Search: embed the query -> search each space -> fuse (RRF) -> filter -> MMR -> hydrate.
 
-A text query searches the CLIP space through the text tower, the text space and
-BM25; an image query searches the CLIP space through the image tower; both may
-be given. Each search is a *run*; runs are fused with weighted reciprocal rank
-fusion, ``sum_r w_r / (rrf_k + rank_r)``, into one ranked list across
-modalities. Every hit keeps its per-run raw scores and ranks.
+A text query searches the text space, BM25 and, through CLIP's text tower, the
+visual items of the CLIP space; an image query searches the CLIP space through the
+image tower; both may be given. Each search is a *run*; runs are fused with
+weighted reciprocal rank fusion, ``sum_r w_r / (rrf_k + rank_r)``, into one ranked
+list across modalities. Every hit keeps its per-run raw scores and ranks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +27,7 @@ from retriever.errors import QueryError
 from retriever.store import Store
 from retriever.types import SPACE_BM25, SPACE_CLIP, SPACE_TEXT, Hit, Modality
 
-__all__ = ["Query", "Retriever", "rrf_fuse", "RUN_SPACES"]
+__all__ = ["RUN_SPACES", "Query", "Retriever", "Run", "rrf_fuse"]
 
 # run name -> (space, config weight key)
 RUN_SPACES = {
@@ -31,6 +36,46 @@ RUN_SPACES = {
     "text": SPACE_TEXT,
     "bm25": SPACE_BM25,
 }
+
+
+_VISUAL_PROBE = 4  # the visual-only CLIP text run reads this many times its depth, then filters
+_THREADS_LOCK = threading.Lock()
+_threads_users = 0
+_threads_saved: dict[str, int] = {}
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run one query's encoding and index search on one thread, then restore the settings.
+
+    One query gains little from intra-op threads (torch) or OpenMP (faiss), and when the
+    cores are busy (other queries, an ingest, other processes) their spinning, descheduled
+    workers make it far slower. Measured on this 2-core machine under load: MiniLM encoding
+    one query 1900 ms wall / 490 ms CPU with 2 torch threads, 78 ms / 11 ms with one; a flat
+    faiss search over 3,000 vectors 36 ms wall with 2 OpenMP threads and almost no CPU.
+    Reference-counted, so overlapping searches restore the batch settings only at the end.
+    """
+    global _threads_users
+    torch, faiss = sys.modules.get("torch"), sys.modules.get("faiss")  # never imported here
+    with _THREADS_LOCK:
+        if _threads_users == 0:
+            if torch is not None:
+                _threads_saved["torch"] = torch.get_num_threads()
+                torch.set_num_threads(1)
+            if faiss is not None:
+                _threads_saved["faiss"] = faiss.omp_get_max_threads()
+                faiss.omp_set_num_threads(1)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _THREADS_LOCK:
+            _threads_users -= 1
+            if _threads_users == 0:
+                if "torch" in _threads_saved and torch is not None:
+                    torch.set_num_threads(_threads_saved.pop("torch"))
+                if "faiss" in _threads_saved and faiss is not None:
+                    faiss.omp_set_num_threads(_threads_saved.pop("faiss"))
 
 
 @dataclass(frozen=True)
@@ -68,9 +113,29 @@ def rrf_fuse(
 
 
 @dataclass
-class _Run:
+class Run:
+    """One space's candidates for a query: item ids best first and their raw scores."""
+
     ids: list[int]
     scores: dict[int, float]
+
+
+class _Timer:
+    """Adds wall time per stage into ``sink`` (seconds); a no-op without a sink."""
+
+    def __init__(self, sink: MutableMapping[str, float] | None) -> None:
+        self.sink = sink
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        if self.sink is None:
+            yield
+            return
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.sink[stage] = self.sink.get(stage, 0.0) + time.perf_counter() - t0
 
 
 class Retriever:
@@ -85,50 +150,122 @@ class Retriever:
     ) -> None:
         self.store, self.clip, self.text, self.config = store, clip, text, config
 
-    def search(self, query: Query) -> list[Hit]:
-        self.store.sync()
+    def search(self, query: Query, timings: MutableMapping[str, float] | None = None) -> list[Hit]:
+        """The fused top ``query.k``; ``timings`` (optional) receives seconds per stage."""
+        timer = _Timer(timings)
+        with timer("sync"):
+            self.store.sync()
         depth = max(query.depth or self.config.depth, query.k)
+        use_mmr = self.config.mmr if query.mmr is None else query.mmr
         for _attempt in range(4):  # widen the candidate pool when filters drop too much
-            runs = self._runs(query, depth)
-            fused = rrf_fuse({n: r.ids for n, r in runs.items()}, self._weights(runs), self.config.rrf_k)
-            records = self.store.catalog.items([i for i, _ in fused])
-            kept = [(i, s) for i, s in fused if i in records and _passes(records[i], query)]
+            runs = self.candidates(query, depth, timings)
+            with timer("fuse"):
+                fused = self.fuse(runs)
+            with timer("hydrate"):
+                # MMR re-ranks the whole filtered pool; otherwise only the top k is hydrated
+                kept, records = self._hydrate(fused, query, len(fused) if use_mmr else query.k)
             exhausted = all(len(r.ids) < depth for r in runs.values())
             if len(kept) >= query.k or exhausted:
                 break
             depth *= 4
-        use_mmr = self.config.mmr if query.mmr is None else query.mmr
         if use_mmr and len(kept) > query.k:
-            kept = self._mmr(kept, query.k)
-        return [self._hit(records[i], s, runs) for i, s in kept[: query.k]]
+            with timer("mmr"):
+                kept = self._mmr(kept, query.k)
+        with timer("hits"):
+            return [self._hit(records[i], s, runs) for i, s in kept[: query.k]]
 
-    def _weights(self, runs: Mapping[str, _Run]) -> dict[str, float]:
-        return {name: self.config.weight(name) for name in runs}
-
-    def _runs(self, query: Query, depth: int) -> dict[str, _Run]:
+    def candidates(
+        self, query: Query, depth: int, timings: MutableMapping[str, float] | None = None
+    ) -> dict[str, Run]:
+        """Each run's top ``depth`` candidates (run name -> ``Run``), before fusion."""
+        timer = _Timer(timings)
         wanted = set(query.runs) if query.runs else set(RUN_SPACES)
-        runs: dict[str, _Run] = {}
+        runs: dict[str, Run] = {}
         text = query.text.strip() if query.text else None
-        if text and "clip_text" in wanted and self.clip is not None:
-            runs["clip_text"] = self._dense(SPACE_CLIP, self.clip.encode_texts([text]), depth)
-        if query.image is not None and "clip_image" in wanted and self.clip is not None:
-            runs["clip_image"] = self._dense(SPACE_CLIP, self.clip.encode_images([query.image]), depth)
-        if text and "text" in wanted and self.text is not None:
-            runs["text"] = self._dense(SPACE_TEXT, self.text.encode_texts([text]), depth)
-        if text and "bm25" in wanted:
-            scores, ids = self.store.bm25().search(text, depth)
-            runs["bm25"] = _Run([int(i) for i in ids], {int(i): float(s) for i, s in zip(ids, scores)})
         if query.image is not None and self.clip is None:
             raise QueryError("an image query needs a CLIP space, and this store has none")
+        if text and "clip_text" in wanted and self.clip is not None:
+            with timer("encode.clip_text"), _one_thread():
+                vec = self.clip.encode_texts([text])
+            with timer("search.clip_text"):
+                runs["clip_text"] = self._clip_text(vec, depth)
+        if query.image is not None and "clip_image" in wanted and self.clip is not None:
+            with timer("encode.clip_image"), _one_thread():
+                vec = self.clip.encode_images([query.image])
+            with timer("search.clip_image"):
+                runs["clip_image"] = self._dense(SPACE_CLIP, vec, depth)
+        if text and "text" in wanted and self.text is not None:
+            with timer("encode.text"), _one_thread():
+                vec = self.text.encode_texts([text])
+            with timer("search.text"):
+                runs["text"] = self._dense(SPACE_TEXT, vec, depth)
+        if text and "bm25" in wanted:
+            with timer("search.bm25"):
+                scores, ids = self.store.bm25().search(text, depth)
+            runs["bm25"] = Run([int(i) for i in ids], {int(i): float(s) for i, s in zip(ids, scores)})
         return {n: r for n, r in runs.items() if r.ids} or runs
 
-    def _dense(self, space_name: str, vec: np.ndarray, depth: int) -> _Run:
+    def _clip_text(self, vec: np.ndarray, depth: int) -> Run:
+        """The CLIP text-tower run; over visual items only unless ``search.clip_text_scope`` is "all".
+
+        A text item's CLIP vector comes from CLIP's 77-token text tower, a much weaker text
+        matcher than the text space and BM25 (and, through the modality gap, text-text
+        similarities outrank text-image ones, so text chunks crowd images out of this run).
+        Measured on SciFact + synthetic shapes with the tiny CLIP (see SearchConfig): over
+        all items this run cost the text queries up to 0.09 nDCG@10 and still missed the
+        images; over visual items it leaves text queries unchanged and finds the images.
+        """
+        if self.config.clip_text_scope == "all":
+            return self._dense(SPACE_CLIP, vec, depth)
+        probe = self._dense(SPACE_CLIP, vec, depth * _VISUAL_PROBE)
+        visual = self._visual_ids(probe.ids)
+        ids = [i for i in probe.ids if i in visual][:depth]
+        return Run(ids, {i: probe.scores[i] for i in ids})
+
+    def _visual_ids(self, ids: Sequence[int]) -> set[int]:
+        """The ids among ``ids`` whose CLIP vector came from an image (they have a thumbnail)."""
+        if not ids:
+            return set()
+        from sqlalchemy import select
+
+        from retriever.catalog.models import ItemRow
+
+        with self.store.catalog.session() as s:
+            q = select(ItemRow.id).where(ItemRow.id.in_(list(ids)), ItemRow.thumbnail.is_not(None))
+            return {int(i) for i in s.scalars(q)}
+
+    def fuse(self, runs: Mapping[str, Run]) -> list[tuple[int, float]]:
+        """Weighted RRF of the runs with this retriever's settings, best first."""
+        weights = {name: self.config.weight(name) for name in runs}
+        return rrf_fuse({n: r.ids for n, r in runs.items()}, weights, self.config.rrf_k)
+
+    def _hydrate(
+        self, fused: Sequence[tuple[int, float]], query: Query, need: int
+    ) -> tuple[list[tuple[int, float]], dict[int, ItemRecord]]:
+        """Catalog records of the best fused items that pass the filters, ``need`` of them at most.
+
+        Reads the catalog in growing windows, so an unfiltered query reads only its top k.
+        """
+        filtered = bool(query.modalities or query.where)
+        kept: list[tuple[int, float]] = []
+        records: dict[int, ItemRecord] = {}
+        pos, window = 0, need if not filtered else max(2 * need, 32)
+        while pos < len(fused) and len(kept) < need:
+            chunk = fused[pos : pos + window]
+            records.update(self.store.catalog.items([i for i, _ in chunk]))
+            kept += [(i, s) for i, s in chunk if i in records and _passes(records[i], query)]
+            pos += len(chunk)
+            window *= 4
+        return kept[:need], records
+
+    def _dense(self, space_name: str, vec: np.ndarray, depth: int) -> Run:
         space = self.store.space(space_name)
         if space is None:
-            return _Run([], {})
-        scores, ids = space.search(vec, depth)
+            return Run([], {})
+        with _one_thread():
+            scores, ids = space.search(vec, depth)
         pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
-        return _Run([i for i, _ in pairs], dict(pairs))
+        return Run([i for i, _ in pairs], dict(pairs))
 
     def _mmr(self, kept: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
         """Maximal marginal relevance on CLIP (else text) vectors: drop near-duplicates."""
@@ -152,7 +289,7 @@ class Retriever:
             remaining.remove(best)
         return [kept[j] for j in chosen]
 
-    def _hit(self, rec: ItemRecord, score: float, runs: Mapping[str, _Run]) -> Hit:
+    def _hit(self, rec: ItemRecord, score: float, runs: Mapping[str, Run]) -> Hit:
         scores = {n: r.scores[rec.id] for n, r in runs.items() if rec.id in r.scores}
         ranks = {n: r.ids.index(rec.id) + 1 for n, r in runs.items() if rec.id in r.scores}
         image = self.store.resolve_media(rec.preview)

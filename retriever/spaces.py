@@ -90,6 +90,8 @@ class DenseSpace:
             self.index.remove(removed)
         if added:
             ids, vecs = self.catalog.vectors(self.name, added)
+            if not len(ids):  # none of them has a vector in this space (e.g. images in the text space)
+                return
             present = self.index.ids()
             fresh = ~np.isin(ids, present) if len(present) else np.ones(len(ids), dtype=bool)
             self.index.add(ids[fresh], vecs[fresh])
@@ -134,7 +136,10 @@ class LexicalSpace:
         self._lock = threading.Lock()
 
     def open(self) -> None:
-        loaded = Bm25Index.load(self.directory, self.name)
+        try:
+            loaded = Bm25Index.load(self.directory, self.name)
+        except StoreError:
+            loaded = None  # unreadable cache (pointer): rebuilt below from the catalog texts
         if loaded is not None:
             self.index, self.seq = loaded
             self.saved_seq = self.seq

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import portalocker
 
@@ -58,15 +58,20 @@ class Store:
         if not self.root.exists():
             if not create:
                 raise StoreError(f"no store at {self.root}; create one with `mmrag ingest PATH --store {self.root}`")
-            self.root.mkdir(parents=True)
+            try:
+                self.root.mkdir(parents=True)
+            except OSError as exc:
+                raise StoreError(f"cannot create store {self.root}: {exc.strerror or exc}") from exc
         elif not self.root.is_dir():
             raise StoreError(f"store path {self.root} exists and is not a directory")
         self.index_dir = self.root / "indexes"
         self.thumb_dir = self.root / "media" / "thumbs"
         self.preview_dir = self.root / "media" / "previews"
         self.manifest_path = self.root / "manifest.json"
+        self._manifest_sig: tuple[int, int] | None = None
         self.manifest = self._read_manifest()
         self.catalog = Catalog.for_store(self.root, config.catalog_url)
+        self.catalog.on_media_deleted = self._delete_media
         self.dense: dict[str, DenseSpace] = {}
         self.lexical = LexicalSpace(self.index_dir, self.catalog)
         self._lexical_open = False
@@ -77,6 +82,7 @@ class Store:
         if not self.manifest_path.exists():
             return {}
         try:
+            self._manifest_sig = _signature(self.manifest_path)
             data = json.loads(self.manifest_path.read_text())
         except (OSError, ValueError) as exc:
             raise StoreError(f"store manifest {self.manifest_path} is unreadable: {exc}") from exc
@@ -92,9 +98,18 @@ class Store:
     def _write_manifest(self) -> None:
         self.manifest.setdefault("format_version", FORMAT_VERSION)
         self.manifest.setdefault("created_at", datetime.now(timezone.utc).isoformat())
-        atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True).encode())
+        with self._writing("the manifest"):
+            atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True).encode())
+        self._manifest_sig = _signature(self.manifest_path)
+
+    def _refresh_manifest(self) -> None:
+        """Re-read the manifest if another process changed it (a reader opened before the first ingest)."""
+        if _signature(self.manifest_path) != self._manifest_sig:
+            with self._lock:
+                self.manifest = self._read_manifest()
 
     def spaces(self) -> dict[str, SpaceInfo]:
+        self._refresh_manifest()
         return {
             name: SpaceInfo(name, s["model_id"], int(s["dim"]))
             for name, s in self.manifest.get("spaces", {}).items()
@@ -171,6 +186,19 @@ class Store:
 
     def save(self, maintain: bool = True) -> None:
         """Persist every space (writers call this at checkpoints and the end of a run)."""
+        with self._writing("the indexes"):
+            self._save(maintain)
+
+    @contextlib.contextmanager
+    def _writing(self, what: str) -> Iterator[None]:
+        """Turn a failed write (disk full, read-only) into a StoreError naming the store."""
+        try:
+            yield
+        except OSError as exc:
+            raise StoreError(f"cannot write {what} of store {self.root}: {exc.strerror or exc}"
+                             + (f" ({exc.filename})" if exc.filename else "")) from exc
+
+    def _save(self, maintain: bool) -> None:
         for name in list(self.spaces()):
             space = self.space(name)
             if space is None:
@@ -203,7 +231,10 @@ class Store:
         ``wait_s`` > 0 waits that long for another writer to finish; 0 fails at once.
         """
         path = self.root / "write.lock"
-        fh = open(path, "a+")
+        try:
+            fh = open(path, "a+")
+        except OSError as exc:
+            raise StoreError(f"cannot take the write lock of store {self.root}: {exc.strerror or exc}") from exc
         try:
             deadline = time.monotonic() + max(0.0, wait_s)
             while True:
@@ -239,3 +270,28 @@ class Store:
 
     def resolve_media(self, rel: str | None) -> str | None:
         return str(self.root / rel) if rel else None
+
+    def write_media(self, kind: str, item_id: int, data: bytes) -> str:
+        """Write a thumbnail/preview JPEG; returns its path relative to the store."""
+        path = self.media_path(kind, item_id)
+        with self._writing(f"a {kind}"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        return path.relative_to(self.root).as_posix()
+
+    def _delete_media(self, rels: Sequence[str]) -> None:
+        """Remove the files of deleted items (best effort: verify reports leftovers, repair deletes them)."""
+        for rel in rels:
+            path = Path(rel)
+            if path.is_absolute() or ".." in path.parts:
+                continue
+            with contextlib.suppress(OSError):
+                (self.root / path).unlink()
+
+
+def _signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)

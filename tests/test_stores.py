@@ -10,7 +10,7 @@ import pytest
 
 from retriever.catalog import Catalog, NewItem, SourceInfo
 from retriever.config import IndexConfig
-from retriever.errors import StoreError
+from retriever.errors import ConfigError, StoreError
 from retriever.lexical import Bm25Index, tokenize
 from retriever.spaces import DenseSpace
 from retriever.stores.faiss_store import FaissStore, choose_kind
@@ -122,3 +122,52 @@ def test_truncated_log_makes_readers_reload(tmp_path: Path) -> None:
     old_reader.sync()
     assert set(b) <= set(old_reader.index.ids().tolist()) and len(old_reader) == 9
     assert json.loads((tmp_path / "idx" / "text.json").read_text())["seq"] == writer.seq
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_fp16_storage_is_lossless_for_catalog_vectors(kind: str) -> None:
+    # the catalog keeps float16 vectors, so an fp16 index holds exactly what fp32 would
+    vecs = _unit(4000, seed=5).astype(np.float16).astype(np.float32)
+    ids = np.arange(4000, dtype=np.int64)
+    got = {}
+    for storage in ("fp32", "fp16"):
+        store = FaissStore(32, IndexConfig(kind=kind, storage=storage, hnsw_ef_search=64, ivf_nprobe=8), n_hint=400)
+        store.add(ids, vecs)
+        got[storage] = store.search(vecs[:50], 10)
+        assert store.kind == kind
+    assert (got["fp16"][1] == got["fp32"][1]).mean() > 0.99
+    assert np.allclose(got["fp16"][0], got["fp32"][0], atol=1e-5)
+
+
+def test_storage_shrinks_the_index_and_reports_its_knobs() -> None:
+    vecs, ids = _unit(2000, d=64, seed=6), np.arange(2000, dtype=np.int64)
+    sizes = {}
+    for storage in ("fp32", "fp16", "sq8"):
+        for kind in ("flat", "hnsw"):
+            store = FaissStore(64, IndexConfig(kind=kind, storage=storage, hnsw_ef_search=40))
+            store.add(ids, vecs)
+            sizes[kind, storage] = store.nbytes()
+            assert store.search_params() == ({"ef_search": 40} if kind == "hnsw" else {})
+            _, top = store.search(vecs[:20], 1)
+            assert (top[:, 0] == ids[:20]).mean() >= 0.95
+    # flat indexes are the vectors: 4, 2 and 1 byte(s) per component
+    assert sizes["flat", "fp32"] > 1.9 * sizes["flat", "fp16"] and sizes["flat", "fp16"] > 1.8 * sizes["flat", "sq8"]
+    assert sizes["hnsw", "fp32"] > sizes["hnsw", "fp16"] > sizes["hnsw", "sq8"]
+    ivf = FaissStore(64, IndexConfig(kind="ivf", ivf_nprobe=7), n_hint=100_000)
+    assert ivf.search_params() == {"nprobe": 7}
+    ivf.set_search_params(nprobe=3)
+    assert ivf.search_params() == {"nprobe": 3}
+
+
+def test_unknown_storage_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="storage 'int3'"):
+        FaissStore(32, IndexConfig(storage="int3"))
+
+
+def test_untrained_ivf_falls_back_to_exact_search() -> None:
+    # 600 vectors cannot train the lists an IVF sized for 1M needs: searches stay exact
+    vecs, ids = _unit(600, seed=7), np.arange(600, dtype=np.int64)
+    store = FaissStore(32, IndexConfig(kind="ivf", storage="sq8"), n_hint=1_000_000)
+    store.add(ids, vecs)
+    _, top = store.search(vecs[:30], 1)
+    assert store.kind == "flat" and (top[:, 0] == ids[:30]).all()

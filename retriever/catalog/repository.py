@@ -8,10 +8,13 @@ source either before or after an ingest, never half-written.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from urllib.parse import quote
 
 import numpy as np
 from sqlalchemy import create_engine, delete, event, func, select
@@ -117,24 +120,46 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_read_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA busy_timeout=60000")
+    cur.close()
+
+
+def _read_only_fs(directory: Path) -> bool:
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 class Catalog:
     """Repository over the SQL catalog (SQLite by default, any SQLAlchemy URL)."""
 
-    def __init__(self, url: str, *, create: bool = True) -> None:
+    def __init__(self, url: str, *, create: bool = True, read_only: bool = False) -> None:
         self.url = url
+        self.read_only = read_only
         try:
             self.engine: SqlEngine = create_engine(url, future=True, pool_pre_ping=True)
             if self.engine.dialect.name == "sqlite":
-                event.listen(self.engine, "connect", _sqlite_pragmas)
-            if create:
+                event.listen(self.engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
+            if create and not read_only:
                 Base.metadata.create_all(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open catalog {self.safe_url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # called with the store-relative media paths of deleted items, after their deletion committed
+        self.on_media_deleted: Callable[[Sequence[str]], None] | None = None
 
     @classmethod
     def for_store(cls, store_dir: Path, url: str | None = None) -> "Catalog":
-        return cls(url or f"sqlite:///{(store_dir / 'catalog.sqlite').as_posix()}")
+        if url:
+            return cls(url)
+        path = store_dir / "catalog.sqlite"
+        if path.exists() and _read_only_fs(store_dir):
+            # nothing can write there: open immutable, without the WAL's -shm/-wal files
+            return cls(f"sqlite:///file:{quote(path.as_posix())}?mode=ro&immutable=1&uri=true", read_only=True)
+        return cls(f"sqlite:///{path.as_posix()}")
 
     @property
     def safe_url(self) -> str:
@@ -146,6 +171,16 @@ class Catalog:
     def session(self) -> Session:
         return self._sessions()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One write transaction; a failed write (disk full, read-only, locked) raises StoreError."""
+        try:
+            with self.session() as s, s.begin():
+                yield s
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot write to catalog {self.safe_url}: {cause}") from exc
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -156,7 +191,7 @@ class Catalog:
             return dict(row.value) if row else None
 
     def set_meta(self, key: str, value: Mapping[str, Any]) -> None:
-        with self.session() as s, s.begin():
+        with self.transaction() as s:
             row = s.get(MetaRow, key)
             if row is None:
                 s.add(MetaRow(key=key, value=dict(value)))
@@ -191,7 +226,8 @@ class Catalog:
         ``write_files(ids, items)`` runs after ids are assigned and before commit
         (thumbnails are named by item id); it may set ``thumbnail``/``preview``.
         """
-        with self.session() as s, s.begin():
+        old_media: list[str] = []
+        with self.transaction() as s:
             src = s.scalar(select(SourceRow).where(SourceRow.uri == info.uri))
             if src is None:
                 src = SourceRow(uri=info.uri)
@@ -199,7 +235,7 @@ class Catalog:
                 s.add(src)
                 s.flush()
             else:
-                self._delete_items(s, [src.id])
+                old_media = self._delete_items(s, [src.id])
                 _fill_source(src, info, status="ok", error=None, run_id=run_id)
             src.meta, src.notes, src.item_count = dict(metadata), list(notes), len(items)
             rows = [
@@ -227,11 +263,12 @@ class Catalog:
                 for space, vec in it.vectors.items()
             )
             s.add_all(ChangeRow(op="add", item_id=iid) for iid in ids)
+        self._media_deleted(old_media)
         return ids
 
     def record_failure(self, info: SourceInfo, reason: str, run_id: int | None) -> None:
         """Mark a source failed. Items a previous version left are kept (nothing stored is lost)."""
-        with self.session() as s, s.begin():
+        with self.transaction() as s:
             src = s.scalar(select(SourceRow).where(SourceRow.uri == info.uri))
             if src is None:
                 src = SourceRow(uri=info.uri, item_count=0, meta={}, notes=[])
@@ -245,20 +282,30 @@ class Catalog:
         uris = list(uris)
         if not uris:
             return 0
-        with self.session() as s, s.begin():
+        with self.transaction() as s:
             ids = list(s.scalars(select(SourceRow.id).where(SourceRow.uri.in_(uris))))
-            self._delete_items(s, ids)
+            media = self._delete_items(s, ids)
             s.execute(delete(SourceRow).where(SourceRow.id.in_(ids)))
+        self._media_deleted(media)
         return len(ids)
 
-    def _delete_items(self, s: Session, source_ids: Sequence[int]) -> None:
+    def _delete_items(self, s: Session, source_ids: Sequence[int]) -> list[str]:
+        """Delete the sources' items (logged); returns their media paths for removal after commit."""
         if not source_ids:
-            return
-        item_ids = list(s.scalars(select(ItemRow.id).where(ItemRow.source_id.in_(source_ids))))
+            return []
+        rows = s.execute(
+            select(ItemRow.id, ItemRow.thumbnail, ItemRow.preview).where(ItemRow.source_id.in_(source_ids))
+        ).all()
+        item_ids = [r[0] for r in rows]
         for chunk in _chunks(item_ids, 5000):
             s.execute(delete(VectorRow).where(VectorRow.item_id.in_(chunk)))
             s.execute(delete(ItemRow).where(ItemRow.id.in_(chunk)))
             s.add_all(ChangeRow(op="del", item_id=i) for i in chunk)
+        return [path for r in rows for path in (r[1], r[2]) if path]
+
+    def _media_deleted(self, paths: Sequence[str]) -> None:
+        if paths and self.on_media_deleted is not None:
+            self.on_media_deleted(paths)
 
     def source_uris_matching(self, pattern: str) -> set[str]:
         """Source URIs matching a shell glob (``*`` crosses directories)."""
@@ -362,7 +409,7 @@ class Catalog:
         The floor is recorded in ``meta['log']`` so a reader whose in-memory index
         is older than the floor knows to reload the saved index instead of replaying.
         """
-        with self.session() as s, s.begin():
+        with self.transaction() as s:
             s.execute(delete(ChangeRow).where(ChangeRow.seq <= upto))
             row = s.get(MetaRow, "log")
             floor = max(int(upto), int(row.value.get("floor", 0)) if row else 0)
@@ -377,14 +424,14 @@ class Catalog:
 
     # ---- runs and stats -----------------------------------------------------
     def start_run(self) -> int:
-        with self.session() as s, s.begin():
+        with self.transaction() as s:
             run = RunRow(status="running", summary={})
             s.add(run)
             s.flush()
             return int(run.id)
 
     def finish_run(self, run_id: int, status: str, summary: Mapping[str, Any]) -> None:
-        with self.session() as s, s.begin():
+        with self.transaction() as s:
             run = s.get(RunRow, run_id)
             if run is not None:
                 run.status, run.summary, run.finished_at = status, dict(summary), utcnow()

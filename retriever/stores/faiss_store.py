@@ -26,9 +26,9 @@ import numpy as np
 from retriever.config import IndexConfig
 from retriever.errors import ConfigError, StoreError
 
-__all__ = ["FaissStore", "choose_kind", "atomic_write_bytes", "load_pointer"]
+__all__ = ["FaissStore", "choose_kind", "ivf_lists", "atomic_write_bytes", "load_pointer"]
 
-_TRAINED_KINDS = ("ivf", "ivfpq")
+_STORAGE = {"fp16": "QT_fp16", "bf16": "QT_bf16", "sq8": "QT_8bit"}  # "fp32": plain float vectors
 
 
 def choose_kind(cfg: IndexConfig, n: int) -> str:
@@ -39,30 +39,53 @@ def choose_kind(cfg: IndexConfig, n: int) -> str:
     return "flat" if n < cfg.flat_threshold else "hnsw"
 
 
-def _ivf_lists(n: int) -> int:
+def ivf_lists(n: int) -> int:
+    """Inverted lists for an IVF over ``n`` vectors (4 sqrt(n), the usual FAISS guideline)."""
     return int(min(65536, max(16, 4 * math.sqrt(max(n, 1)))))
 
 
-def _build(kind: str, dim: int, cfg: IndexConfig, n_hint: int) -> faiss.Index:
+def _quantizer_type(storage: str) -> int | None:
+    """The faiss scalar-quantizer type for ``storage``, None for plain float32."""
+    low = storage.strip().lower()
+    if low == "fp32":
+        return None
+    if low not in _STORAGE:
+        raise ConfigError(f"index storage {storage!r} is not one of fp32, {', '.join(_STORAGE)}")
+    return getattr(faiss.ScalarQuantizer, _STORAGE[low])
+
+
+def _untrained_storage(cfg: IndexConfig) -> str:
+    """A storage that needs no training, for the exact fallback of an IVF too small to train."""
+    return "fp32" if cfg.storage.strip().lower() == "fp32" else "fp16"
+
+
+def _build(kind: str, dim: int, cfg: IndexConfig, n_hint: int, storage: str | None = None) -> faiss.Index:
+    """``IndexIDMap2`` over the ``kind`` index, vectors kept as ``storage`` (default ``cfg.storage``)."""
     ip = faiss.METRIC_INNER_PRODUCT
     low = kind.lower()
+    qt = _quantizer_type(cfg.storage if storage is None else storage)
     if low == "flat":
-        base = faiss.IndexFlatIP(dim)
+        base = faiss.IndexFlatIP(dim) if qt is None else faiss.IndexScalarQuantizer(dim, qt, ip)
     elif low == "hnsw":
-        base = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip)
+        base = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip) if qt is None else faiss.IndexHNSWSQ(dim, qt, cfg.hnsw_m, ip)
         base.hnsw.efConstruction = cfg.hnsw_ef_construction
         base.hnsw.efSearch = cfg.hnsw_ef_search
     elif low == "ivf":
-        base = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, _ivf_lists(n_hint), ip)
+        coarse, lists = faiss.IndexFlatIP(dim), ivf_lists(n_hint)
+        if qt is None:
+            base = faiss.IndexIVFFlat(coarse, dim, lists, ip)
+        else:
+            base = faiss.IndexIVFScalarQuantizer(coarse, dim, lists, qt, ip)
+            base.by_residual = qt == faiss.ScalarQuantizer.QT_8bit  # fp16 of the vector itself is lossless
     elif low == "ivfpq":
         m = next(m for m in (64, 32, 16, 8, 4, 2, 1) if dim % m == 0)
-        base = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, _ivf_lists(n_hint), m, 8, ip)
+        base = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, ivf_lists(n_hint), m, 8, ip)
     else:
         try:
             base = faiss.index_factory(dim, kind, ip)
         except RuntimeError as exc:
             raise ConfigError(f"index kind {kind!r} is neither flat/hnsw/ivf/ivfpq nor a faiss factory string: {exc}")
-    if isinstance(base, (faiss.IndexIVF,)):
+    if isinstance(base, faiss.IndexIVF):
         base.nprobe = cfg.ivf_nprobe
     return faiss.IndexIDMap2(base)
 
@@ -223,7 +246,7 @@ class FaissStore:
             ids = np.concatenate([i for i, _ in self._pending])
             vecs = np.concatenate([v for _, v in self._pending])
             self._kind = "flat"
-            self._index = _build("flat", self.dim, self.cfg, len(ids))
+            self._index = _build("flat", self.dim, self.cfg, len(ids), storage=_untrained_storage(self.cfg))
             self._index.add_with_ids(vecs, ids)
             self._pending = []
 
@@ -231,7 +254,10 @@ class FaissStore:
         if self.cfg.use_gpu == "never" or faiss.get_num_gpus() == 0 or self._kind.lower() == "hnsw":
             return self._index
         if self._gpu is None:  # pragma: no cover - needs a GPU build of faiss
-            self._gpu = faiss.index_cpu_to_all_gpus(self._index)
+            try:
+                self._gpu = faiss.index_cpu_to_all_gpus(self._index)
+            except RuntimeError:  # a storage the GPU build does not implement: stay on the CPU
+                return self._index
         return self._gpu
 
     def ids(self) -> np.ndarray:
@@ -242,6 +268,21 @@ class FaissStore:
             if self._tombstones:
                 id_map = id_map[~np.isin(id_map, np.fromiter(self._tombstones, np.int64))]
             return id_map
+
+    def search_params(self) -> dict[str, int]:
+        """The current search-time knobs: ``ef_search`` (HNSW kinds) or ``nprobe`` (IVF kinds)."""
+        base = faiss.downcast_index(self._index.index)
+        if hasattr(base, "hnsw"):
+            return {"ef_search": int(base.hnsw.efSearch)}
+        if isinstance(base, faiss.IndexIVF):
+            return {"nprobe": int(base.nprobe)}
+        return {}
+
+    def nbytes(self) -> int:
+        """Size of the serialised index (what ``save`` writes; close to its memory footprint)."""
+        with self._lock:
+            self._flush_untrained()
+            return int(faiss.serialize_index(self._index).size)
 
     def set_search_params(self, ef_search: int | None = None, nprobe: int | None = None) -> None:
         base = faiss.downcast_index(self._index.index)
