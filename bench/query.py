@@ -106,8 +106,10 @@ def clip_spec(arg: str, cache: Path) -> str:
     path = cache / "vit-b-32-random.safetensors"
     if not path.is_file():
         import open_clip
+        import torch
         from safetensors.torch import save_file
 
+        torch.manual_seed(0)  # the same file every time, so a cached store keeps matching it
         model = open_clip.create_model("ViT-B-32", pretrained=None)
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
     return f"ViT-B-32@{path}"

@@ -87,8 +87,8 @@ def sniff_bytes(head: bytes, suffix: str = "") -> str | None:  # noqa: C901 - a 
         return "image/gif"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    if head[:2] == b"BM" and len(head) > 14:
-        return "image/bmp"
+    if head[:2] == b"BM" and int.from_bytes(head[14:18], "little") in (12, 16, 40, 52, 56, 64, 108, 124):
+        return "image/bmp"  # the DIB header size must be a known one: text may start with "BM" too
     if head[:4] in (b"II*\x00", b"MM\x00*"):
         return "image/tiff"
     if b"%PDF-" in head[:1024]:

@@ -189,3 +189,7 @@ def test_generated_m4a_and_ogg(tmp_path: Path) -> None:
 def test_utf16_text_is_not_audio() -> None:
     assert sniff_bytes("\ufeffplain words in UTF-16".encode("utf-16-le")) in (None, "text/plain")
     assert sniff_bytes("\ufeffplain words in UTF-16".encode("utf-16-be")) in (None, "text/plain")
+
+
+def test_text_starting_with_bm_is_not_a_bitmap() -> None:
+    assert sniff_bytes(b"BMI and obesity in a cohort of 2,000 adults.", ".txt") == "text/plain"
