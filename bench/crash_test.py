@@ -250,8 +250,9 @@ def compare_stores(
     overrides = {"models.clip": clip, "models.precision": "fp32"}
     opener = opener or (lambda store, ov: Engine.open(store, overrides=ov))
     with opener(crash, overrides) as ea, opener(clean, overrides) as eb:
-        eb._text = ea.text_encoder  # one model in memory for both stores
-        eb._clip, eb._clip_built = ea.clip_encoder, True
+        ea._text = eb._text = _Memo(ea.text_encoder)  # one model for both stores, each query encoded once
+        ea._clip = eb._clip = _Memo(ea.clip_encoder) if ea.clip_encoder is not None else None
+        eb._clip_built = True
         asks = [{"text": q} for q in queries]
         asks += [{"image": str(p)} for p in image_queries] if ea.clip_encoder is not None else []
         for ask in asks:
@@ -270,6 +271,22 @@ def compare_stores(
                 result["search_mismatches"] += 1
             result["examples"].append({"query": ask, "spaces": bad_spaces, "crash": ra[:5], "clean": rb[:5]})
     return result
+
+
+class _Memo:
+    """An encoder that remembers the texts it encoded (queries repeat across stores and runs)."""
+
+    def __init__(self, encoder: Any) -> None:
+        self._encoder, self._texts = encoder, {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._encoder, name)
+
+    def encode_texts(self, texts: Any) -> Any:
+        key = tuple(texts)
+        if key not in self._texts:
+            self._texts[key] = self._encoder.encode_texts(texts)
+        return self._texts[key]
 
 
 def space_runs(eng: Any, ask: dict[str, str]) -> dict[str, dict[tuple, float]]:
