@@ -200,7 +200,7 @@ def test_candidate_passwords_order() -> None:
         passwords=("global", "dup"), file_passwords=("*/reports/*.pdf=a=b", "x.pdf=dup", "bad-entry")
     )
     assert candidate_passwords(Path("/data/reports/q1.pdf"), cfg) == ["", "a=b", "global", "dup"]
-    assert candidate_passwords(Path("/tmp/x.pdf"), cfg) == ["", "dup", "global"]
+    assert candidate_passwords(Path("/srv/docs/x.pdf"), cfg) == ["", "dup", "global"]
 
 
 def test_empty_user_password_pdf_is_ingested(sweep) -> None:
