@@ -39,21 +39,23 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from retriever.config import IndexConfig  # noqa: E402
-from retriever.stores.faiss_store import FaissStore, ivf_lists, choose_kind  # noqa: E402
+from retriever.config import IndexConfig
+from retriever.stores.faiss_store import FaissStore, choose_kind, ivf_lists
 
 K = 10
 EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 NPROBE_SWEEP = (4, 8, 16, 32, 64, 128)
 RECALL_TARGETS = (0.90, 0.95, 0.98, 0.99)
+CROSSOVER_SIZES = (5_000, 10_000, 15_000, 20_000, 25_000, 30_000, 50_000)
 GOAL_RECALL, GOAL_P50_MS, GOAL_PEER_RATIO = 0.95, 1.0, 1.10
 CORES = os.cpu_count() or 1
 
@@ -63,7 +65,9 @@ def log(msg: str) -> None:
 
 
 # ---- data -------------------------------------------------------------------------------
-def make_data(n: int, nq: int, dim: int, centres: int, spread: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_data(
+    n: int, nq: int, dim: int, centres: int, spread: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` base and ``nq`` held-out query vectors from one clustered distribution."""
     rng = np.random.default_rng(seed)
     cen = rng.standard_normal((centres, dim), dtype=np.float32)
@@ -97,9 +101,12 @@ def data_stats(sims: np.ndarray) -> str:
     def lid(k: int) -> float:
         return float(np.median(-1.0 / np.mean(np.log(r[:, : k - 1] / r[:, k - 1 : k]), axis=1)))
 
+    ks = [k for k in (10, 20, 100) if k <= sims.shape[1]]
     return (
-        f"data: LID@20 {lid(20):.1f}, LID@100 {lid(100):.1f}; median cosine of "
-        f"NN1 {np.median(sims[:, 0]):.3f}, NN10 {np.median(sims[:, 9]):.3f}, NN100 {np.median(sims[:, 99]):.3f}"
+        "data: "
+        + ", ".join(f"LID@{k} {lid(k):.1f}" for k in ks[1:])
+        + "; median cosine of "
+        + ", ".join(f"NN{k} {np.median(sims[:, k - 1]):.3f}" for k in (1, *ks))
     )
 
 
@@ -176,7 +183,9 @@ def _timed_build(fn: Callable[[], Any], label: str, n: int) -> tuple[Any, dict]:
 
 def build_store(xb: np.ndarray, cfg: IndexConfig, label: str, params: tuple) -> Searcher:
     faiss.omp_set_num_threads(CORES)
-    store, info = _timed_build(lambda: FaissStore.build(xb.shape[1], cfg, _batches(xb), len(xb)), label, len(xb))
+    store, info = _timed_build(
+        lambda: FaissStore.build(xb.shape[1], cfg, _batches(xb), len(xb)), label, len(xb)
+    )
     info["index_mb"] = store.nbytes() / 2**20  # also trains/flushes an IVF still waiting for data
     if store.kind.lower() != choose_kind(cfg, len(xb)).lower():
         label = f"{label}->{store.kind}"  # an IVF with too few vectors to train falls back to flat
@@ -201,7 +210,9 @@ def build_hnswlib(xb: np.ndarray, cfg: IndexConfig, params: tuple) -> Searcher:
     index = hnswlib.Index(space="ip", dim=xb.shape[1])
 
     def make() -> Any:
-        index.init_index(max_elements=len(xb), M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, random_seed=1)
+        index.init_index(
+            max_elements=len(xb), M=cfg.hnsw_m, ef_construction=cfg.hnsw_ef_construction, random_seed=1
+        )
         index.set_num_threads(CORES)
         for ids, vecs in _batches(xb):
             index.add_items(vecs, ids)
@@ -215,7 +226,14 @@ def build_hnswlib(xb: np.ndarray, cfg: IndexConfig, params: tuple) -> Searcher:
         return index.knn_query(q, k=K)[0].astype(np.int64)
 
     return Searcher(
-        "hnswlib", label, params, None, lambda p: index.set_ef(max(int(p), K)), search, index.set_num_threads, info
+        "hnswlib",
+        label,
+        params,
+        None,
+        lambda p: index.set_ef(max(int(p), K)),
+        search,
+        index.set_num_threads,
+        info,
     )
 
 
@@ -250,7 +268,9 @@ def _batch(s: Searcher, xq: np.ndarray, truth: np.ndarray) -> tuple[float, float
     return len(xq) / (time.perf_counter() - t0), recall_at_k(found, truth)
 
 
-def measure_group(group: list[Searcher], n: int, xq: np.ndarray, truth: np.ndarray, rounds: int, budget: float) -> list[Row]:
+def measure_group(
+    group: list[Searcher], n: int, xq: np.ndarray, truth: np.ndarray, rounds: int, budget: float
+) -> list[Row]:
     """Batch QPS and recall once per setting; single-query passes interleaved across the group."""
     rows: dict[tuple[int, Any], Row] = {}
     for gi, s in enumerate(group):
@@ -258,8 +278,19 @@ def measure_group(group: list[Searcher], n: int, xq: np.ndarray, truth: np.ndarr
             s.set_param(p)
             qps, rec = _batch(s, xq, truth)
             b = s.build
-            rows[gi, p] = Row(n, s.system, s.config, "-" if p is None else str(p), p == s.default,
-                              b["build_s"], b["build_cpu_s"], b["index_mb"], b["rss_mb"], rec, qps)
+            rows[gi, p] = Row(
+                n,
+                s.system,
+                s.config,
+                "-" if p is None else str(p),
+                p == s.default,
+                b["build_s"],
+                b["build_cpu_s"],
+                b["index_mb"],
+                b["rss_mb"],
+                rec,
+                qps,
+            )
         if s.default is not None:
             s.set_param(s.default)
     params = sorted({p for s in group for p in s.params}, key=lambda p: (p is None, p or 0))
@@ -280,17 +311,45 @@ def measure_group(group: list[Searcher], n: int, xq: np.ndarray, truth: np.ndarr
 # ---- reporting --------------------------------------------------------------------------
 def print_table(rows: list[Row], file: Any = None) -> None:
     out = file or sys.stdout
-    head = ("N", "system", "config", "param", "build s", "build CPU-s", "index MB", "RSS+ MB",
-            "recall@10", "p50 ms", "p99 ms", "CPU p50 ms", "batch QPS")
+    head = (
+        "N",
+        "system",
+        "config",
+        "param",
+        "build s",
+        "build CPU-s",
+        "index MB",
+        "RSS+ MB",
+        "recall@10",
+        "p50 ms",
+        "p99 ms",
+        "CPU p50 ms",
+        "batch QPS",
+    )
     print("| " + " | ".join(head) + " |", file=out)
     print("|" + "---|" * len(head), file=out)
     for r in rows:
         mark = "*" if r.is_default else ""
-        cells = (f"{r.n:,}", r.system, r.config, r.param + mark, f"{r.build_s:.1f}", f"{r.build_cpu_s:.1f}",
-                 f"{r.index_mb:.0f}", f"{r.rss_mb:.0f}", f"{r.recall:.3f}", f"{r.p50_ms:.3f}", f"{r.p99_ms:.3f}",
-                 f"{r.cpu_p50_ms:.3f}", f"{r.qps:,.0f}")
+        cells = (
+            f"{r.n:,}",
+            r.system,
+            r.config,
+            r.param + mark,
+            f"{r.build_s:.1f}",
+            f"{r.build_cpu_s:.1f}",
+            f"{r.index_mb:.0f}",
+            f"{r.rss_mb:.0f}",
+            f"{r.recall:.3f}",
+            f"{r.p50_ms:.3f}",
+            f"{r.p99_ms:.3f}",
+            f"{r.cpu_p50_ms:.3f}",
+            f"{r.qps:,.0f}",
+        )
         print("| " + " | ".join(cells) + " |", file=out)
-    print("(* = the store's default parameter; latencies: best of the passes; single-query on 1 thread)", file=out)
+    print(
+        "(* = the store's default parameter; latencies: best of the passes; single-query on 1 thread)",
+        file=out,
+    )
 
 
 def latency_at(curve: list[Row], target: float, attr: str = "p50_ms") -> float | None:
@@ -327,25 +386,57 @@ def print_ratios(rows: list[Row]) -> None:
                 if None in (a, b, ac, bc):
                     print(f"  recall {t:.2f}: not reached by both")
                     continue
-                print(f"  recall {t:.2f}: store {a:.3f} vs hnswlib {b:.3f} (x{a / b:.2f}) | CPU {ac:.3f} vs {bc:.3f} (x{ac / bc:.2f})")
+                print(
+                    f"  recall {t:.2f}: store {a:.3f} vs hnswlib {b:.3f} (x{a / b:.2f}) | CPU {ac:.3f} vs {bc:.3f} (x{ac / bc:.2f})"
+                )
         flat = [r for r in rows if r.n == n and r.config in ("auto:flat", "flat")]
         fast = [r for r in rows if r.n == n and r.recall >= GOAL_RECALL and r.system == "faiss-store"]
         if flat and fast:
             best = min(fast, key=lambda r: r.p50_ms)
-            print(f"N={n:,}: flat p50 {flat[0].p50_ms:.3f} ms; fastest store config with recall >= {GOAL_RECALL}: "
-                  f"{best.config} {best.param} p50 {best.p50_ms:.3f} ms (x{flat[0].p50_ms / best.p50_ms:.1f} vs flat), "
-                  f"{best.index_mb / max(flat[0].index_mb, 1e-9):.2f} x flat's memory")
-    _print_flat_crossover(rows)
+            print(
+                f"N={n:,}: flat p50 {flat[0].p50_ms:.3f} ms; fastest store config with recall >= {GOAL_RECALL}: "
+                f"{best.config} {best.param} p50 {best.p50_ms:.3f} ms (x{flat[0].p50_ms / best.p50_ms:.1f} vs flat), "
+                f"{best.index_mb / max(flat[0].index_mb, 1e-9):.2f} x flat's memory"
+            )
 
 
-def _print_flat_crossover(rows: list[Row]) -> None:
-    flat = sorted({r.n: (r.n, r.p50_ms) for r in rows if r.config in ("auto:flat", "flat")}.values())
-    if len(flat) >= 2:
-        (n0, l0), (n1, l1) = flat[0], flat[-1]
-        slope = (l1 - l0) / (n1 - n0)
-        cross = n0 + (GOAL_P50_MS - l0) / slope if slope > 0 else math.inf
-        print(f"\nflat single-query p50 is linear in N: {slope * 1e6:.3f} ms per 1M vectors; "
-              f"it crosses {GOAL_P50_MS} ms near N = {cross:,.0f}")
+def flat_crossover(xb: np.ndarray, xq: np.ndarray, rounds: int) -> list[tuple[int, float]]:
+    """Single-query p50 of the default exact index on prefixes of ``xb`` (where it crosses 1 ms)."""
+    cfg = IndexConfig(kind="flat")
+    out = []
+    for n in [s for s in CROSSOVER_SIZES if s <= len(xb)]:
+        store = FaissStore.build(xb.shape[1], cfg, _batches(xb[:n]), n)
+        out.append((n, _store_p50(store, xq[:300], rounds)))
+    return out
+
+
+def _store_p50(store: FaissStore, xq: np.ndarray, rounds: int) -> float:
+    s = Searcher(
+        "faiss-store",
+        store.kind,
+        (None,),
+        None,
+        lambda p: None,
+        lambda q: store.search(q, K)[1],
+        faiss.omp_set_num_threads,
+    )
+    return min(_single_pass(s, xq, 2.0)[0] for _ in range(rounds))
+
+
+def print_crossover(points: list[tuple[int, float]]) -> None:
+    if not points:
+        return
+    cfg = IndexConfig()
+    print(
+        f"\nexact search (flat, storage {cfg.storage}) single-query p50 by N: "
+        + ", ".join(f"{n // 1000}k {ms:.2f} ms" for n, ms in points)
+    )
+    above = [n for n, ms in points if ms > GOAL_P50_MS]
+    print(
+        f"flat crosses {GOAL_P50_MS} ms between "
+        f"{max([n for n, ms in points if ms <= GOAL_P50_MS], default=0):,} and {min(above, default=0):,} "
+        f"vectors; IndexConfig.flat_threshold = {cfg.flat_threshold:,}"
+    )
 
 
 def verdict(rows: list[Row], n: int) -> tuple[str, bool]:
@@ -358,15 +449,23 @@ def verdict(rows: list[Row], n: int) -> tuple[str, bool]:
     peer_lat = latency_at(peer, a.recall) if peer else None
     peer_cpu = latency_at(peer, a.recall, "cpu_p50_ms") if peer else None
     ratio = a.p50_ms / peer_lat if peer_lat else None
-    ok = a.recall >= GOAL_RECALL and a.p50_ms <= GOAL_P50_MS and (ratio is not None and ratio <= GOAL_PEER_RATIO)
+    ok = (
+        a.recall >= GOAL_RECALL
+        and a.p50_ms <= GOAL_P50_MS
+        and (ratio is not None and ratio <= GOAL_PEER_RATIO)
+    )
     if ratio is not None and peer_cpu:
-        peer_txt = (f"hnswlib at equal recall {peer_lat:.3f} ms (x{ratio:.2f}; thread CPU "
-                    f"{a.cpu_p50_ms:.3f} vs {peer_cpu:.3f} ms, x{a.cpu_p50_ms / peer_cpu:.2f})")
+        peer_txt = (
+            f"hnswlib at equal recall {peer_lat:.3f} ms (x{ratio:.2f}; thread CPU "
+            f"{a.cpu_p50_ms:.3f} vs {peer_cpu:.3f} ms, x{a.cpu_p50_ms / peer_cpu:.2f})"
+        )
     else:
         peer_txt = "hnswlib not measured" if not peer else f"hnswlib never reached recall {a.recall:.3f}"
-    line = (f"VERDICT N={n:,}: {'PASS' if ok else 'FAIL'} - auto picks {a.config} param {a.param}: recall@10 "
-            f"{a.recall:.3f} (goal >= {GOAL_RECALL}), p50 {a.p50_ms:.3f} ms (goal <= {GOAL_P50_MS}), {peer_txt} "
-            f"(goal <= x{GOAL_PEER_RATIO:.2f})")
+    line = (
+        f"VERDICT N={n:,}: {'PASS' if ok else 'FAIL'} - auto picks {a.config} param {a.param}: recall@10 "
+        f"{a.recall:.3f} (goal >= {GOAL_RECALL}), p50 {a.p50_ms:.3f} ms (goal <= {GOAL_P50_MS}), {peer_txt} "
+        f"(goal <= x{GOAL_PEER_RATIO:.2f})"
+    )
     return line, ok
 
 
@@ -391,7 +490,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write all rows and the verdict here")
     args = p.parse_args(argv)
-    args.sizes = [10_000, 100_000] if args.quick else [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    args.sizes = (
+        [10_000, 100_000] if args.quick else [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    )
     args.explicit = args.configs is not None
     names = ["hnswlib", *CONFIGS]
     args.configs = [c.strip() for c in args.configs.split(",") if c.strip()] if args.explicit else names
@@ -427,7 +528,9 @@ def _wanted(args: argparse.Namespace, n: int, auto_cfg: IndexConfig) -> list[str
         if "auto" in args.configs and _same(cfg, auto_cfg, n):
             continue
         if cfg.kind.startswith("ivf") and n < 39 * ivf_lists(n):
-            log(f"   skipping {label} at N={n:,}: too few vectors to train its lists (the store searches exactly)")
+            log(
+                f"   skipping {label} at N={n:,}: too few vectors to train its lists (the store searches exactly)"
+            )
             continue
         if n > HEAVY_ABOVE and label.startswith("hnsw-") and not args.explicit:
             log(f"   skipping {label} at N={n:,} (another HNSW build; name it in --configs to run it)")
@@ -453,7 +556,7 @@ def bench_size(n: int, args: argparse.Namespace) -> list[Row]:
     xb, xq = make_data(n, args.queries, args.dim, args.centres, args.spread, args.seed)
     truth_sims, truth = exact_topk(xb, xq, min(100, n))
     log("   " + data_stats(truth_sims))
-    m = dict(n=n, xq=xq, truth=truth[:, :K], rounds=args.rounds, budget=args.pass_budget)
+    m = {"n": n, "xq": xq, "truth": truth[:, :K], "rounds": args.rounds, "budget": args.pass_budget}
     labels = _wanted(args, n, auto_cfg)
     rows: list[Row] = []
     # measured together, pass by pass: the automatic choice, the store's HNSW and the peer
@@ -480,17 +583,25 @@ def main(argv: list[str] | None = None) -> int:
     log(f"faiss {faiss.__version__}, {CORES} cores; defaults {IndexConfig()}; spread {args.spread}")
     t0 = time.time()
     rows: list[Row] = []
+    crossover: list[tuple[int, float]] = []
     for n in args.sizes:
         done = bench_size(n, args)
+        if n == max(args.sizes) and n >= CROSSOVER_SIZES[-1]:
+            log("   exact-search latency on prefixes (flat_threshold)")
+            xb, xq = make_data(n, args.queries, args.dim, args.centres, args.spread, args.seed)
+            crossover = flat_crossover(xb[: CROSSOVER_SIZES[-1]], xq, args.rounds)
+            del xb, xq
         log(f"   N={n:,} done at {time.time() - t0:.0f} s")
         print_table(done, file=sys.stderr)
         rows += done
     print_table(rows)
     print_ratios(rows)
+    print_crossover(crossover)
     line, ok = verdict(rows, max(args.sizes))
     print("\n" + line)
     if args.json:
-        args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], "verdict": line, "pass": ok}, indent=1))
+        out = {"rows": [asdict(r) for r in rows], "flat_p50_ms_by_n": crossover, "verdict": line, "pass": ok}
+        args.json.write_text(json.dumps(out, indent=1))
     log(f"total {time.time() - t0:.0f} s")
     return 0
 

@@ -46,21 +46,25 @@ class ModelsConfig:
 
 @dataclass(frozen=True)
 class IndexConfig:
-    # Defaults measured with bench/search.py (512-d clustered unit vectors, 2-core AMD EPYC, 1 thread
-    # per query; numbers are p50 single-query latency and recall@10 against exact search):
+    # Defaults measured with bench/search.py (512-d clustered unit vectors, 2-core AMD EPYC, one thread
+    # per query; p50 single-query latency and recall@10 against exact search; full table in the bench):
     kind: str = "auto"  # auto | flat | hnsw | ivf | ivfpq | any faiss factory string
-    # exact search below this many vectors: fp16 flat costs 0.32 ms at 10k, 0.9 ms at 20k, 6.4 ms at
-    # 100k (linear in N), so it crosses ~1 ms at 20k; HNSW there is 0.46 ms at recall 0.96.
+    # exact search below this many vectors: fp16 flat p50 is 0.30 ms at 10k, 0.77 ms at 20k, 1.27 ms at
+    # 25k, 6.6 ms at 100k, 59 ms at 1M; HNSW at 10k is 0.20 ms (recall 0.964), so flat stays up to ~1 ms.
     flat_threshold: int = 20_000
-    # M=16 stalls near recall 0.90 even at efSearch 192 (200k); M=32 efC=40 needs efSearch ~50 for 0.95
-    # where efC=80 needs ~30 (1.3x faster queries for 1.5x build); 1M builds in 441 CPU-s (fp16).
+    # at 200k, M=16 (efC 40) reaches only recall 0.90 at efSearch 192; with M=32, efC=40 needs efSearch ~50
+    # for 0.95 where efC=80 needs ~30 (1.3x faster queries for 1.5x build). 1M builds in 184 s (354 CPU-s).
     hnsw_m: int = 32
     hnsw_ef_construction: int = 80
-    # one value for all N: recall@10 0.960 (20k), 0.99 (200k), 0.966 (1M, p50 0.48 ms); 64 gives 0.91 at 1M
+    # one value for every N: recall@10 0.964 (10k), 0.995 (100k), 0.966 (1M, p50 0.40 ms, hnswlib 0.45 ms
+    # at equal recall); 64 gives only 0.912 at 1M, 96 0.950.
     hnsw_ef_search: int = 128
-    ivf_nprobe: int = 16
-    # fp16 is lossless here (the catalog keeps float16 vectors): half the memory of fp32, flat scans 2x and
-    # HNSW queries ~20 % faster, same recall. sq8 quarters memory at a small recall cost.
+    # IVF (4 sqrt(N) lists; never picked by "auto"): recall@10 at nprobe 16/32/64 is 0.93/0.945/0.955 at
+    # 100k and 1.0 at 1M (0.37/0.57/0.99 ms): 32 keeps 1M under 1 ms and 100k near 0.95.
+    ivf_nprobe: int = 32
+    # fp16 is lossless here (the catalog keeps float16 vectors): same recall as fp32 with half the memory,
+    # 2.2x faster flat scans and 1.3x faster HNSW queries (100k, efSearch 128: 0.59 vs 0.78 ms). sq8 halves
+    # memory again at a recall cost (HNSW 0.988 vs 0.995 at 100k; IVF caps at 0.989 at 1M).
     storage: str = "fp16"  # fp32 | fp16 | bf16 | sq8: how flat/hnsw/ivf keep vectors
     use_gpu: str = "auto"  # auto | never | always
     save_every_items: int = 2_000  # write the index cache after this many new vectors

@@ -29,7 +29,7 @@ def test_add_search_remove_save_load(tmp_path: Path, kind: str) -> None:
     store = FaissStore(32, cfg, n_hint=3000)
     store.add(ids, vecs)
     assert len(store) == 3000
-    scores, got = store.search(vecs[:20], 1)
+    _, got = store.search(vecs[:20], 1)
     hit_rate = float(np.mean(got[:, 0] == ids[:20]))
     assert hit_rate >= (1.0 if kind in ("flat", "hnsw") else 0.7)
     assert store.remove(ids[:10]) == 10

@@ -3,6 +3,9 @@
 ``IndexIDMap2`` over an index chosen by size: exact (flat) below
 ``IndexConfig.flat_threshold`` vectors, HNSW above (or IVF / IVF-PQ / any faiss
 factory string when configured). Inner product on L2-normalised vectors.
+Flat, HNSW and IVF keep vectors as ``IndexConfig.storage``: float16 by default,
+which is lossless because the catalog's durable copy is float16 already (half
+the memory of float32 and faster scans; see bench/search.py for the numbers).
 Indexes that cannot remove ids (HNSW) keep tombstones that searches filter out;
 ``needs_compaction`` tells the owner when a rebuild is worth it.
 
@@ -17,8 +20,9 @@ import json
 import math
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import faiss
 import numpy as np
@@ -26,7 +30,7 @@ import numpy as np
 from retriever.config import IndexConfig
 from retriever.errors import ConfigError, StoreError
 
-__all__ = ["FaissStore", "choose_kind", "ivf_lists", "atomic_write_bytes", "load_pointer"]
+__all__ = ["FaissStore", "atomic_write_bytes", "choose_kind", "ivf_lists", "load_pointer"]
 
 _STORAGE = {"fp16": "QT_fp16", "bf16": "QT_bf16", "sq8": "QT_8bit"}  # "fp32": plain float vectors
 
@@ -308,7 +312,7 @@ class FaissStore:
                 old.unlink(missing_ok=True)
 
     @classmethod
-    def load(cls, directory: Path, name: str, cfg: IndexConfig) -> tuple["FaissStore", int] | None:
+    def load(cls, directory: Path, name: str, cfg: IndexConfig) -> tuple[FaissStore, int] | None:
         """The saved index and the seq it covers, or None if there is none."""
         meta = load_pointer(directory, name)
         if meta is None:
@@ -320,14 +324,14 @@ class FaissStore:
             raise StoreError(f"index file {path} is unreadable ({exc}); run `mmrag repair`") from exc
         store = cls(meta["dim"], cfg, kind=meta["kind"])
         store._index = index
-        store._tombstones = set(int(t) for t in meta.get("tombstones", []))
+        store._tombstones = {int(t) for t in meta.get("tombstones", [])}
         store.set_search_params(cfg.hnsw_ef_search, cfg.ivf_nprobe)
         return store, int(meta["seq"])
 
     @classmethod
     def build(
         cls, dim: int, cfg: IndexConfig, batches: Iterable[tuple[np.ndarray, np.ndarray]], n: int
-    ) -> "FaissStore":
+    ) -> FaissStore:
         """A fresh index of the right kind for ``n`` vectors, filled from ``batches``."""
         store = cls(dim, cfg, n_hint=n)
         for ids, vecs in batches:
