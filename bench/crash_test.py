@@ -291,22 +291,32 @@ class _Memo:
 
 def space_runs(eng: Any, ask: dict[str, str]) -> dict[str, dict[tuple, float]]:
     """Every item of every space the query reaches, with its score (full depth)."""
+    import numpy as np
+
     from pipelines.engine import load_query_image
+    from retriever.search import RUN_SPACES
 
     store = eng.store
     store.sync()
-    vecs: dict[str, tuple[str, Any]] = {}
+    vecs: dict[str, tuple[tuple[str, ...], Any]] = {}
     if "text" in ask:
-        vecs["text"] = ("text", eng.text_encoder.encode_texts([ask["text"]]))
+        vecs["text"] = (("text",), eng.text_encoder.encode_texts([ask["text"]]))
         if eng.clip_encoder is not None:
-            vecs["clip_text"] = ("clip", eng.clip_encoder.encode_texts([ask["text"]]))
+            vecs["clip_text"] = (RUN_SPACES["clip_text"], eng.clip_encoder.encode_texts([ask["text"]]))
     if "image" in ask:
-        vecs["clip_image"] = ("clip", eng.clip_encoder.encode_images([load_query_image(ask["image"])]))
+        image = load_query_image(ask["image"])
+        vecs["clip_image"] = (RUN_SPACES["clip_image"], eng.clip_encoder.encode_images([image]))
     runs: dict[str, tuple[Any, Any]] = {}
-    for run, (space_name, vec) in vecs.items():
-        space = store.space(space_name)
-        scores, ids = space.search(vec, max(1, len(space)))
-        runs[run] = (ids[0], scores[0])
+    for run, (space_names, vec) in vecs.items():
+        ids, scores = [], []
+        for name in space_names:
+            space = store.space(name)
+            if space is None or not len(space):
+                continue
+            s, i = space.search(vec, len(space))
+            ids += list(i[0])
+            scores += list(s[0])
+        runs[run] = (np.asarray(ids, dtype=np.int64), np.asarray(scores, dtype=np.float32))
     if "text" in ask:
         scores, ids = store.bm25().search(ask["text"], max(1, len(store.bm25())))
         runs["bm25"] = (ids, scores)

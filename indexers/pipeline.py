@@ -33,7 +33,7 @@ from retriever.config import Config
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import IngestError, LimitExceeded
 from retriever.store import Store
-from retriever.types import SPACE_CLIP, SPACE_TEXT
+from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT
 
 __all__ = ["IngestPipeline", "IngestReport", "hash_file"]
 
@@ -176,7 +176,8 @@ class IngestPipeline:
     # ---- set-up ---------------------------------------------------------------
     def _register_spaces(self) -> None:
         if self.clip is not None:
-            self.store.register_space(SPACE_CLIP, self.clip.model_id, self.clip.dim)
+            for space in CLIP_SPACES:
+                self.store.register_space(space, self.clip.model_id, self.clip.dim)
         self.store.register_space(SPACE_TEXT, self.text.model_id, self.text.dim)
 
     # ---- workers --------------------------------------------------------------
@@ -372,7 +373,8 @@ def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> s
 def encode_items(
     items: Sequence[PreparedItem], clip: ImageTextEncoder | None, text: TextEncoder
 ) -> list[dict[str, np.ndarray]]:
-    """Vectors per space for each item: CLIP for every item, text space for items with text."""
+    """Vectors per space for each item: CLIP (image tower for visual items, text tower for
+    text items), and the text space for items with text."""
     out: list[dict[str, np.ndarray]] = [{} for _ in items]
     if clip is not None:
         vis = [i for i, it in enumerate(items) if it.clip_input is not None]
@@ -382,7 +384,7 @@ def encode_items(
                 out[i][SPACE_CLIP] = v
         if txt:
             for i, v in zip(txt, clip.encode_texts([items[i].text for i in txt])):
-                out[i][SPACE_CLIP] = v
+                out[i][SPACE_CLIP_TEXTS] = v
     with_text = [i for i, it in enumerate(items) if it.text]
     if with_text:
         for i, v in zip(with_text, text.encode_texts([items[i].text for i in with_text])):

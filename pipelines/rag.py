@@ -140,7 +140,7 @@ def select_relevant(
     kept = []
     for hit in hits:
         text_ok = sims.get(id(hit), -1.0) >= config.min_text_relevance
-        clip = hit.scores.get("clip")
+        clip = max((hit.scores[r] for r in ("clip_text", "clip_image") if r in hit.scores), default=None)
         image_ok = hit.image_path is not None and clip is not None and clip >= config.min_image_relevance
         if text_ok or image_ok:
             kept.append(hit)

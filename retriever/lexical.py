@@ -91,9 +91,10 @@ class Bm25Index:
         # argpartition over every document, and most score exactly 0: on 100k items that
         # took 9 ms of the 10 ms a query cost (bench/query.py); the non-zero ones are few.
         docs = np.flatnonzero(scores > 0)
-        if len(docs) > k:
-            docs = docs[np.argpartition(-scores[docs], k - 1)[:k]]
-        docs = docs[np.lexsort((docs, -scores[docs]))]  # best first, ties by position
+        if len(docs) > k:  # keep every document tied with the k-th, so the cut below is by id
+            kth = np.partition(scores[docs], len(docs) - k)[len(docs) - k]
+            docs = docs[scores[docs] >= kth]
+        docs = docs[np.lexsort((ids[docs], -scores[docs]))][:k]  # best first, ties by item id
         return scores[docs].astype(np.float32), ids[docs]
 
     def save(self, directory: Path, name: str, seq: int) -> None:

@@ -1,8 +1,8 @@
 """Search: embed the query -> search each space -> fuse (RRF) -> filter -> MMR -> hydrate.
 
 A text query searches the text space, BM25 and, through CLIP's text tower, the
-visual items of the CLIP space; an image query searches the CLIP space through the
-image tower; both may be given. Each search is a *run*; runs are fused with
+visual items (the ``clip`` space); an image query searches both CLIP spaces (visual
+items and text items) through the image tower; both may be given. Each search is a *run*; runs are fused with
 weighted reciprocal rank fusion, ``sum_r w_r / (rrf_k + rank_r)``, into one ranked
 list across modalities. Every hit keeps its per-run raw scores and ranks.
 """
@@ -25,20 +25,18 @@ from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
 from retriever.store import Store
-from retriever.types import SPACE_BM25, SPACE_CLIP, SPACE_TEXT, Hit, Modality
+from retriever.types import CLIP_SPACES, SPACE_BM25, SPACE_CLIP, SPACE_TEXT, Hit, Modality
 
 __all__ = ["RUN_SPACES", "Query", "Retriever", "Run", "rrf_fuse"]
 
-# run name -> (space, config weight key)
+# run name -> the spaces it searches (with search.clip_text_scope="all" the clip_text run reads both CLIP spaces)
 RUN_SPACES = {
-    "clip_text": SPACE_CLIP,
-    "clip_image": SPACE_CLIP,
-    "text": SPACE_TEXT,
-    "bm25": SPACE_BM25,
+    "clip_text": (SPACE_CLIP,),
+    "clip_image": CLIP_SPACES,
+    "text": (SPACE_TEXT,),
+    "bm25": (SPACE_BM25,),
 }
 
-
-_VISUAL_PROBE = 4  # the visual-only CLIP text run reads this many times its depth, then filters
 _THREADS_LOCK = threading.Lock()
 _threads_users = 0
 _threads_saved: dict[str, int] = {}
@@ -193,12 +191,12 @@ class Retriever:
             with timer("encode.clip_image"), _one_thread():
                 vec = self.clip.encode_images([query.image])
             with timer("search.clip_image"):
-                runs["clip_image"] = self._dense(SPACE_CLIP, vec, depth)
+                runs["clip_image"] = self._dense(CLIP_SPACES, vec, depth)
         if text and "text" in wanted and self.text is not None:
             with timer("encode.text"), _one_thread():
                 vec = self.text.encode_texts([text])
             with timer("search.text"):
-                runs["text"] = self._dense(SPACE_TEXT, vec, depth)
+                runs["text"] = self._dense((SPACE_TEXT,), vec, depth)
         if text and "bm25" in wanted:
             with timer("search.bm25"):
                 scores, ids = self.store.bm25().search(text, depth)
@@ -206,38 +204,61 @@ class Retriever:
         return {n: r for n, r in runs.items() if r.ids} or runs
 
     def _clip_text(self, vec: np.ndarray, depth: int) -> Run:
-        """The CLIP text-tower run; over visual items only unless ``search.clip_text_scope`` is "all".
+        """The CLIP text-tower run: over visual items unless ``search.clip_text_scope`` is "all".
 
         A text item's CLIP vector comes from CLIP's 77-token text tower, a much weaker text
         matcher than the text space and BM25 (and, through the modality gap, text-text
-        similarities outrank text-image ones, so text chunks crowd images out of this run).
-        Measured on SciFact + synthetic shapes with the tiny CLIP (see SearchConfig): over
-        all items this run cost the text queries up to 0.09 nDCG@10 and still missed the
+        similarities outrank text-image ones, so text chunks would crowd images out of this
+        run). Measured on SciFact + synthetic shapes with the tiny CLIP (see SearchConfig):
+        over all items this run cost the text queries up to 0.09 nDCG@10 and still missed the
         images; over visual items it leaves text queries unchanged and finds the images.
+        Visual items have their own index (``clip``), so this run is exact in what it covers
+        whatever the ratio of text to images in the store.
         """
         if self.config.clip_text_scope == "all":
-            return self._dense(SPACE_CLIP, vec, depth)
-        probe = self._dense(SPACE_CLIP, vec, depth * _VISUAL_PROBE)
-        visual = self._visual_ids(probe.ids)
-        ids = [i for i in probe.ids if i in visual][:depth]
-        return Run(ids, {i: probe.scores[i] for i in ids})
-
-    def _visual_ids(self, ids: Sequence[int]) -> set[int]:
-        """The ids among ``ids`` whose CLIP vector came from an image (they have a thumbnail)."""
-        if not ids:
-            return set()
-        from sqlalchemy import select
-
-        from retriever.catalog.models import ItemRow
-
-        with self.store.catalog.session() as s:
-            q = select(ItemRow.id).where(ItemRow.id.in_(list(ids)), ItemRow.thumbnail.is_not(None))
-            return {int(i) for i in s.scalars(q)}
+            return self._dense(CLIP_SPACES, vec, depth)
+        return self._dense((SPACE_CLIP,), vec, depth)
 
     def fuse(self, runs: Mapping[str, Run]) -> list[tuple[int, float]]:
-        """Weighted RRF of the runs with this retriever's settings, best first."""
+        """Weighted RRF of the runs with this retriever's settings, best first.
+
+        Each item's sum is scaled by (total weight / weight of the runs that could have found
+        it) ** ``search.modality_balance``: a text query's CLIP run ranks only visual items and
+        its text and BM25 runs only items with text, so in plain RRF a photo scores at most
+        1/(rrf_k+1) where a text chunk two runs agree on scores twice that, and in a store
+        with much text about the same things no image reaches the top ten. At balance 1 the
+        best item of each modality would score alike, which puts some image near the top of
+        every query (SciFact in a mixed store fell from 0.916 to 0.556 nDCG@10); the default
+        0.6 (measured, see SearchConfig) brings the images in without that cost. When every
+        item could have been found by every run (a text-only store) the ranking is plain RRF.
+        """
         weights = {name: self.config.weight(name) for name in runs}
-        return rrf_fuse({n: r.ids for n, r in runs.items()}, weights, self.config.rrf_k)
+        fused = rrf_fuse({n: r.ids for n, r in runs.items()}, weights, self.config.rrf_k)
+        if self.config.modality_balance <= 0 or not runs.get("clip_text") or self.config.clip_text_scope == "all":
+            return fused
+        if not any(runs.get(n) and runs[n].ids for n in ("text", "bm25")):
+            return fused
+        return self._fair(fused, runs, weights)
+
+    def _fair(
+        self, fused: list[tuple[int, float]], runs: Mapping[str, Run], weights: Mapping[str, float]
+    ) -> list[tuple[int, float]]:
+        """Scale each fused score by total weight / the weight of the runs that cover the item."""
+        members = self.store.catalog.spaces_of([i for i, _ in fused], (SPACE_CLIP, SPACE_TEXT))
+        visual, textual = members[SPACE_CLIP], members[SPACE_TEXT]
+        live = {n: weights[n] for n, r in runs.items() if r.ids and weights[n] > 0}
+        balance = self.config.modality_balance
+        total = sum(live.values())
+        out = []
+        for item_id, score in fused:
+            covered = sum(
+                w for n, w in live.items()
+                if n == "clip_image"
+                or (n == "clip_text" and item_id in visual)
+                or (n in ("text", "bm25") and item_id in textual)
+            )
+            out.append((item_id, score * (total / covered) ** balance if covered > 0 else score))
+        return sorted(out, key=lambda kv: (-kv[1], kv[0]))
 
     def _hydrate(
         self, fused: Sequence[tuple[int, float]], query: Query, need: int
@@ -258,21 +279,28 @@ class Retriever:
             window *= 4
         return kept[:need], records
 
-    def _dense(self, space_name: str, vec: np.ndarray, depth: int) -> Run:
-        space = self.store.space(space_name)
-        if space is None:
-            return Run([], {})
-        with _one_thread():
-            scores, ids = space.search(vec, depth)
-        pairs = [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+    def _dense(self, space_names: Sequence[str], vec: np.ndarray, depth: int) -> Run:
+        """The top ``depth`` of one or more spaces of one model, merged by score (ties by id)."""
+        pairs: list[tuple[int, float]] = []
+        for name in space_names:
+            space = self.store.space(name)
+            if space is None:
+                continue
+            with _one_thread():
+                scores, ids = space.search(vec, depth)
+            pairs += [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
+        if len(space_names) > 1:
+            pairs = sorted(pairs, key=lambda p: (-p[1], p[0]))[:depth]
         return Run([i for i, _ in pairs], dict(pairs))
 
     def _mmr(self, kept: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
         """Maximal marginal relevance on CLIP (else text) vectors: drop near-duplicates."""
         lam = self.config.mmr_lambda
-        space = SPACE_CLIP if self.store.space(SPACE_CLIP) is not None else SPACE_TEXT
-        ids, vecs = self.store.catalog.vectors(space, [i for i, _ in kept])
-        vec_of = {int(i): v for i, v in zip(ids, vecs)}
+        spaces = CLIP_SPACES if self.store.space(SPACE_CLIP) is not None else (SPACE_TEXT,)
+        vec_of: dict[int, np.ndarray] = {}
+        for space in spaces:
+            ids, vecs = self.store.catalog.vectors(space, [i for i, _ in kept])
+            vec_of.update((int(i), v) for i, v in zip(ids, vecs))
         rel = np.array([s for _, s in kept])
         rel = (rel - rel.min()) / (np.ptp(rel) or 1.0)
         chosen: list[int] = []

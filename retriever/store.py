@@ -36,7 +36,10 @@ from retriever.stores.faiss_store import atomic_write_bytes
 
 __all__ = ["Store", "SpaceInfo", "FORMAT_VERSION"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# 1 -> 2: the text-tower CLIP vectors of text items moved from space "clip" to "clip_texts"
+# (upgraded in place on the first writable open; see Store._upgrade_v1)
+UPGRADABLE_VERSIONS = (1,)
 BM25_TOKENIZER = "words-en-stop-snowball-v1"
 
 
@@ -76,6 +79,8 @@ class Store:
         self.lexical = LexicalSpace(self.index_dir, self.catalog)
         self._lexical_open = False
         self._lock = threading.RLock()
+        if self.manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+            self._upgrade_v1()
 
     # ---- manifest -----------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
@@ -87,13 +92,55 @@ class Store:
         except (OSError, ValueError) as exc:
             raise StoreError(f"store manifest {self.manifest_path} is unreadable: {exc}") from exc
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version != FORMAT_VERSION and version not in UPGRADABLE_VERSIONS:
             raise StoreError(
                 f"store {self.root} has format version {version!r}; this mmrag reads version {FORMAT_VERSION}. "
                 + ("Upgrade mmrag to open it." if isinstance(version, int) and version > FORMAT_VERSION else
                    "Re-ingest into a new store.")
             )
         return data
+
+    def _upgrade_v1(self) -> None:
+        """Version 1 kept text items' CLIP vectors in "clip" beside the images: move them to "clip_texts".
+
+        Idempotent and crash-safe: the catalog moves in one transaction, the stale "clip" index
+        pointer goes next (both CLIP indexes are then rebuilt from the durable vectors, nothing
+        is re-encoded), and the manifest is written last, so an interrupted upgrade reruns.
+        """
+        from sqlalchemy import select, update
+
+        from retriever.catalog.models import ItemRow, VectorRow
+        from retriever.types import SPACE_CLIP, SPACE_CLIP_TEXTS
+
+        if self.catalog.read_only:
+            raise StoreError(
+                f"store {self.root} has format version 1 and this mmrag reads version {FORMAT_VERSION}; it is "
+                "upgraded in place (in seconds, without re-encoding) on the first open with write access, "
+                "e.g. `mmrag stats`, and this one is read-only"
+            )
+        with self.write_lock(wait_s=60.0):
+            self.manifest = self._read_manifest()  # another process may have upgraded it meanwhile
+            if self.manifest.get("format_version") == FORMAT_VERSION:
+                return
+            text_items = select(ItemRow.id).where(ItemRow.thumbnail.is_(None))
+            with self.catalog.transaction() as s:
+                s.execute(
+                    update(VectorRow)
+                    .where(VectorRow.space == SPACE_CLIP, VectorRow.item_id.in_(text_items))
+                    .values(space=SPACE_CLIP_TEXTS)
+                )
+            with self._writing("the indexes"):
+                (self.index_dir / f"{SPACE_CLIP}.json").unlink(missing_ok=True)
+            spaces = self.manifest.get("spaces", {})
+            if SPACE_CLIP in spaces:
+                spaces[SPACE_CLIP_TEXTS] = dict(spaces[SPACE_CLIP])
+            self.manifest["format_version"] = FORMAT_VERSION
+            self._write_manifest()
+            with self._writing("the indexes"):
+                for name in (SPACE_CLIP, SPACE_CLIP_TEXTS):
+                    space = self.space(name)  # rebuilt from the catalog: no saved index any more
+                    if space is not None:
+                        space.save()
 
     def _write_manifest(self) -> None:
         self.manifest.setdefault("format_version", FORMAT_VERSION)

@@ -21,18 +21,27 @@ __all__ = [
     "Hit",
     "format_timestamp",
     "SPACE_CLIP",
+    "SPACE_CLIP_TEXTS",
     "SPACE_TEXT",
     "SPACE_BM25",
+    "CLIP_SPACES",
     "DENSE_SPACES",
     "ALL_SPACES",
 ]
 
 # Names of the retrieval spaces. Dense spaces hold vectors; BM25 is lexical.
+# The CLIP model fills two spaces with their own indexes: ``clip`` holds the image-tower
+# vectors of visual items (photos, page renders, figures, keyframes) and ``clip_texts``
+# the text-tower vectors of text items. A text query's CLIP run searches ``clip`` alone:
+# through CLIP's modality gap any text chunk is nearer a text query than the right image
+# is, so in one shared index a few hundred chunks would hide every image from that run.
 SPACE_CLIP = "clip"
+SPACE_CLIP_TEXTS = "clip_texts"
 SPACE_TEXT = "text"
 SPACE_BM25 = "bm25"
-DENSE_SPACES = (SPACE_CLIP, SPACE_TEXT)
-ALL_SPACES = (SPACE_CLIP, SPACE_TEXT, SPACE_BM25)
+CLIP_SPACES = (SPACE_CLIP, SPACE_CLIP_TEXTS)
+DENSE_SPACES = (SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT)
+ALL_SPACES = (*DENSE_SPACES, SPACE_BM25)
 
 
 class Modality(str, enum.Enum):

@@ -29,7 +29,7 @@ from retriever.lexical import Bm25Index
 from retriever.spaces import DenseSpace, catalog_head
 from retriever.store import Store
 from retriever.stores.faiss_store import FaissStore, load_pointer
-from retriever.types import SPACE_BM25, SPACE_CLIP, SPACE_TEXT
+from retriever.types import SPACE_BM25, SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT
 
 __all__ = ["ERROR", "WARNING", "Problem", "VerifyReport", "expected_spaces", "ids_problem", "item_rows", "verify"]
 
@@ -104,8 +104,10 @@ def expected_spaces(has_text: bool, visual: bool, spaces: set[str]) -> set[str]:
     out = set()
     if SPACE_TEXT in spaces and has_text:
         out.add(SPACE_TEXT)
-    if SPACE_CLIP in spaces and (has_text or visual):
+    if SPACE_CLIP in spaces and visual:
         out.add(SPACE_CLIP)
+    if SPACE_CLIP_TEXTS in spaces and has_text and not visual:
+        out.add(SPACE_CLIP_TEXTS)
     return out
 
 

@@ -323,6 +323,29 @@ def test_clip_long_text_is_truncated_not_fatal(tiny: ClipEncoder) -> None:
     assert out.shape == (2, tiny.dim) and np.isfinite(out).all()
 
 
+def test_clip_text_tower_stops_at_last_token_with_same_vectors(tiny_clip_spec: str) -> None:
+    """Queries run only up to the batch's longest token sequence, not the padded context."""
+    import torch
+
+    enc = ClipEncoder(tiny_clip_spec, ModelsConfig(precision="fp32"))
+    state = enc._load()
+    assert state.encode_text is not state.model.encode_text  # the trimmed path is in use
+    texts = ["", "a red circle", "a large purple cross at the top left of a green background",
+             " ".join(["a red circle next to a blue square"] * 40)]  # the last is cut at the context length
+    seen: list[int] = []
+    handle = state.model.token_embedding.register_forward_hook(lambda m, i, o: seen.append(i[0].shape[1]))
+    try:
+        got = enc.encode_texts(texts[:3])
+    finally:
+        handle.remove()
+    tokens = state.tokenizer(texts[:3])
+    assert seen == [int((tokens != 0).sum(dim=1).max())] and seen[0] < tokens.shape[1]
+    with torch.inference_mode():
+        full = torch.nn.functional.normalize(state.model.encode_text(state.tokenizer(texts)).float(), dim=-1)
+    np.testing.assert_allclose(enc.encode_texts(texts), full.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got, full.numpy()[:3], atol=1e-5)
+
+
 def test_clip_preprocess_from_threads(tiny: ClipEncoder) -> None:
     images = _shapes(24, seed=8)
     sequential = [tiny.preprocess(im) for im in images]

@@ -96,3 +96,87 @@ def test_image_to_image_finds_near_duplicates(clip_store: Engine, shapes: list, 
         top = clip_store.search(image=variant, k=1)[0]
         found += top.source_uri == str(path)
     assert found >= 8
+
+
+SHAPE_WORDS = ("circle", "square", "triangle", "star", "cross")
+COLOURS = ("red", "green", "blue", "yellow", "purple")
+
+
+@pytest.fixture()
+def mixed_store(tiny_clip_spec: str, shapes: list, tmp_path: Path):
+    """30 shape images beside 600 one-sentence text chunks that talk about the same shapes."""
+    eng = Engine.open(tmp_path / "mixed", overrides={"models.clip": tiny_clip_spec, "ingest.chunk_chars": 100,
+                                                     "ingest.chunk_overlap": 0})
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for f in range(20):
+        lines = [f"The {COLOURS[(f + i) % 5]} {SHAPE_WORDS[(f * 3 + i) % 5]} number {f * 30 + i} was drawn on the "
+                 f"page and described at length." for i in range(30)]
+        (notes / f"note{f:02d}.txt").write_text("\n\n".join(lines) + "\n")
+    eng.ingest([shapes[0][0].parent])
+    report = eng.ingest([notes])
+    assert report.items >= 600 and not report.failed
+    yield eng
+    eng.close()
+
+
+def test_text_chunks_do_not_hide_images_from_the_clip_run(mixed_store: Engine, shapes: list) -> None:
+    """The CLIP text run reaches every image however much text the store holds (own index)."""
+    stats = mixed_store.stats()["spaces"]
+    assert stats["clip"]["vectors"] == len(shapes) and stats["clip_texts"]["vectors"] >= 600
+    from retriever.search import Query
+
+    runs = mixed_store.retriever().candidates(Query(text="a red circle", k=10), depth=100)
+    images = {str(p) for p, _ in shapes}
+    recs = mixed_store.store.catalog.items(runs["clip_text"].ids)
+    assert len(recs) == len(shapes) and {r.source_uri for r in recs.values()} == images
+    # an image query reaches both CLIP spaces: its own near-duplicate first, text chunks too
+    with Image.open(shapes[0][0]) as img:
+        hits = mixed_store.search(image=img.copy(), k=40, runs=["clip_image"])
+    assert hits[0].source_uri == str(shapes[0][0])
+    assert {h.modality.value for h in hits} == {"image", "text"}
+
+
+def test_fused_list_brings_images_in_beside_text(mixed_store: Engine, shapes: list) -> None:
+    """One list across modalities: a shape query gets the images and the chunks that talk about it."""
+    right = 0
+    for _, sample in shapes[:10]:
+        kinds = [h.modality.value for h in mixed_store.search(text=sample.label, k=10)]
+        assert "image" in kinds and kinds.count("text") >= 5, kinds
+        best_image = next(h for h in mixed_store.search(text=sample.label, k=10) if h.modality.value == "image")
+        shown = next(s for p, s in shapes if str(p) == best_image.source_uri)
+        right += (shown.colour, shown.shape) == (sample.colour, sample.shape)
+    assert right >= 6
+    # plain RRF (balance 0) buries them under the chunks two runs agree on
+    mixed_store.config = mixed_store.config.with_overrides({"search.modality_balance": 0.0})
+    plain = [[h.modality.value for h in mixed_store.search(text=s.label, k=10)] for _, s in shapes[:10]]
+    assert sum("image" in kinds for kinds in plain) <= 2
+
+
+def test_version_1_store_is_upgraded_in_place(mixed_store: Engine, shapes: list) -> None:
+    """A version-1 store (text items' CLIP vectors in 'clip') opens upgraded, nothing re-encoded."""
+    import json
+
+    from sqlalchemy import update
+
+    from retriever.catalog.models import VectorRow
+
+    root = mixed_store.store.root
+    before = [(h.item_id, round(h.score, 6)) for h in mixed_store.search(text="a green star", k=10)]
+    counts = mixed_store.stats()["spaces"]
+    with mixed_store.store.catalog.transaction() as s:  # back to the version-1 layout
+        s.execute(update(VectorRow).where(VectorRow.space == "clip_texts").values(space="clip"))
+    mixed_store.store.close()
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    del manifest["spaces"]["clip_texts"]
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    (root / "indexes" / "clip_texts.json").unlink()
+    eng = Engine.open(root, overrides={"models.clip": mixed_store.config.models.clip})
+    try:
+        assert json.loads((root / "manifest.json").read_text())["format_version"] == 2
+        assert eng.stats()["spaces"] == counts
+        assert [(h.item_id, round(h.score, 6)) for h in eng.search(text="a green star", k=10)] == before
+        assert eng.verify().clean
+    finally:
+        eng.close()

@@ -38,8 +38,8 @@ def _hits() -> list[Hit]:
         Hit(
             item_id=9,
             score=0.031,
-            scores={"clip": 0.29},
-            ranks={"clip": 1},
+            scores={"clip_text": 0.29},
+            ranks={"clip_text": 1},
             modality=Modality.IMAGE,
             kind="photo",
             source_uri="/photos/typewriter.jpg",

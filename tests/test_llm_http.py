@@ -164,8 +164,8 @@ def _photo_hit(item_id: int, path: Path, caption: str) -> Hit:
     return Hit(
         item_id=item_id,
         score=1.0 / item_id,
-        scores={"clip": 0.31},
-        ranks={"clip": item_id},
+        scores={"clip_text": 0.31},
+        ranks={"clip_text": item_id},
         modality=Modality.IMAGE,
         kind="photo",
         source_uri=str(path),

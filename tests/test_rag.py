@@ -275,7 +275,7 @@ def test_images_count_by_clip_score(encoder):
         kind="photo",
         page=None,
         image="/p/cat.jpg",
-        scores={"clip": 0.31},
+        scores={"clip_text": 0.31},
     )
     weak = make_hit(
         4,
@@ -285,7 +285,7 @@ def test_images_count_by_clip_score(encoder):
         kind="photo",
         page=None,
         image="/p/dog.jpg",
-        scores={"clip": 0.12},
+        scores={"clip_text": 0.12},
     )
     kept = select_relevant("a cat on a sofa", [photo, weak], encoder, LlmConfig())
     assert [h.item_id for h in kept] == [3]
@@ -439,7 +439,7 @@ def test_extractive_answer_cites_the_sentence_source(encoder):
             kind="photo",
             page=None,
             image="/p/cat.jpg",
-            scores={"clip": 0.4},
+            scores={"clip_text": 0.4},
         ),
     ]
     tokens: list[str] = []

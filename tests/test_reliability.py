@@ -23,7 +23,7 @@ from pipelines.cli import main as cli_main
 from pipelines.engine import Engine
 from retriever.config import Config
 from retriever.errors import StoreError, StoreLockedError
-from retriever.store import Store
+from retriever.store import FORMAT_VERSION, Store
 from retriever.stores.faiss_store import FaissStore
 from retriever.verify import verify
 
@@ -438,15 +438,15 @@ def test_format_version_mismatch_fails_clearly(tmp_path: Path, eval_dir: Path, c
     root = tmp_path / "s"
     manifest = root / "manifest.json"
     good = json.loads(manifest.read_text())
-    assert good["format_version"] == 1
-    for version, hint in ((2, "Upgrade mmrag"), (0, "Re-ingest"), (None, "Re-ingest"), ("1", "Re-ingest")):
+    assert good["format_version"] == FORMAT_VERSION == 2
+    for version, hint in ((3, "Upgrade mmrag"), (0, "Re-ingest"), (None, "Re-ingest"), ("1", "Re-ingest")):
         data = dict(good)
         if version is None:
             del data["format_version"]
         else:
             data["format_version"] = version
         manifest.write_text(json.dumps(data))
-        with pytest.raises(StoreError, match=rf"format version {re.escape(repr(version))}.*reads version 1.*{hint}"):
+        with pytest.raises(StoreError, match=rf"format version {re.escape(repr(version))}.*reads version 2.*{hint}"):
             Store(root, Config.load(root))
         assert cli_main(["verify", "--store", str(root)]) == 2
         assert "format version" in capsys.readouterr().err

@@ -171,3 +171,14 @@ def test_untrained_ivf_falls_back_to_exact_search() -> None:
     store.add(ids, vecs)
     _, top = store.search(vecs[:30], 1)
     assert store.kind == "flat" and (top[:, 0] == ids[:30]).all()
+
+
+def test_bm25_ties_are_ordered_by_item_id_at_any_cut() -> None:
+    """Equal scores come back by item id, also where the top k cuts through a tie."""
+    idx = Bm25Index()
+    ids = [90, 12, 55, 7, 31, 64, 3, 48]
+    idx.build([(i, "the red circle sits on a page") for i in ids] + [(100, "a red circle, a red circle")])
+    for k in (1, 2, 3, 5, 9, 20):
+        scores, got = idx.search("red circle", k)
+        assert got.tolist() == ([100] + sorted(ids))[:k]
+        assert np.all(np.diff(scores) <= 0)

@@ -345,6 +345,18 @@ class Catalog:
                     blobs.append(data)
         return np.asarray(got_ids, dtype=np.int64), decode_vectors(blobs)
 
+    def spaces_of(self, ids: Sequence[int], spaces: Sequence[str]) -> dict[str, set[int]]:
+        """For each of ``spaces``, which of ``ids`` have a vector there (no vector data read)."""
+        out: dict[str, set[int]] = {name: set() for name in spaces}
+        with self.session() as s:
+            for chunk in _chunks(list(ids), 5000):
+                q = select(VectorRow.item_id, VectorRow.space).where(
+                    VectorRow.space.in_(list(spaces)), VectorRow.item_id.in_(chunk)
+                )
+                for iid, space in s.execute(q):
+                    out[space].add(int(iid))
+        return out
+
     def iter_vectors(self, space: str, batch: int = 10_000) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Stream all (ids, vectors) of a space in id order, ``batch`` rows at a time."""
         last = -1

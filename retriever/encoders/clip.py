@@ -41,6 +41,7 @@ class _Loaded:
     tokenizer: Any
     plan: DevicePlan
     dim: int
+    encode_text: Any  # tokens -> features: the model's own, or the trimmed causal path below
 
 
 class ClipEncoder:
@@ -126,7 +127,7 @@ class ClipEncoder:
         with torch.inference_mode():
             for start in range(0, len(texts), size):
                 tokens = state.tokenizer(list(texts[start : start + size])).to(state.plan.device)
-                out.append(_normalise(state.model.encode_text(tokens)))
+                out.append(_normalise(state.encode_text(tokens)))
         return np.concatenate(out, axis=0)
 
     def _load(self) -> _Loaded:
@@ -213,7 +214,55 @@ def _load_model(spec: ClipSpec, plan: DevicePlan) -> _Loaded:
     for param in model.parameters():
         param.requires_grad_(False)
     dim = _embed_dim(model, name)
-    return _Loaded(model=model, transform=transform, tokenizer=tokenizer, plan=plan, dim=dim)
+    encode_text = _trimmed_text_encoder(model, tokenizer) or model.encode_text
+    return _Loaded(
+        model=model, transform=transform, tokenizer=tokenizer, plan=plan, dim=dim, encode_text=encode_text
+    )
+
+
+def _trimmed_text_encoder(model: Any, tokenizer: Any) -> Any:
+    """``encode_text`` that stops at the batch's last real token, or None where that is not exact.
+
+    CLIP's text tower pads every query to its context length (77 tokens) though a query is
+    usually under 15. With a causal attention mask and the pooled feature taken at the
+    end-of-text token, no position after that token can change the result, so the tower may
+    run on the first ``max(length)`` positions only: 2-3x faster queries on a CPU, same
+    vectors up to rounding. Used only for open_clip's own ``CLIP`` text tower with its simple
+    tokenizer (pad id 0), and only after a probe agrees with the full-length path.
+    """
+    import torch
+    from open_clip.model import CLIP
+    from open_clip.tokenizer import SimpleTokenizer
+    from open_clip.transformer import text_global_pool
+
+    if not (
+        isinstance(model, CLIP)
+        and isinstance(tokenizer, SimpleTokenizer)
+        and getattr(model, "attn_mask", None) is not None
+        and getattr(model, "text_pool_type", None) == "argmax"
+    ):
+        return None
+
+    def encode(tokens: Any) -> Any:
+        length = max(int((tokens != 0).sum(dim=1).max()), 1)
+        text = tokens[:, :length]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(text).to(cast) + model.positional_embedding[:length].to(cast)
+        x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+        x = text_global_pool(model.ln_final(x), text, "argmax")
+        proj = model.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
+
+    probe = tokenizer(["a photo of a dog", "a red circle on a blue square background"])
+    with torch.inference_mode():
+        probe = probe.to(next(model.parameters()).device)
+        full = torch.nn.functional.normalize(model.encode_text(probe).float(), dim=-1)
+        short = torch.nn.functional.normalize(encode(probe).float(), dim=-1)
+    if float((full * short).sum(dim=-1).min()) < 0.999:
+        return None
+    return encode
 
 
 def _creation_args(spec: ClipSpec) -> tuple[str, dict[str, Any]]:
