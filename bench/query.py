@@ -13,7 +13,8 @@ BM25), ``fuse`` (RRF), ``hydrate`` (catalog reads of the top k), ``hits``. Goal:
 p50 <= 50 ms on this CPU.
 
     python bench/query.py                        # text space + BM25 (CLIP 'none')
-    python bench/query.py --clip random          # + a randomly initialised ViT-B/32 (timing only)
+    python bench/query.py --clip random          # + a randomly initialised ViT-B/32 and 1,000
+                                                 #   synthetic images (timing only)
     python bench/query.py --items 20000 --queries 100 --json out.json
 """
 
@@ -99,6 +100,20 @@ def write_corpus(root: Path, items: int, seed: int) -> Path:
     return corpus
 
 
+def write_images(cache: Path, n: int) -> Path:
+    """``n`` synthetic shape pictures (96 px PNG), written once: the visual items a CLIP run ranks."""
+    from pipelines.synthetic import generate
+
+    folder = cache / f"images-{n}"
+    done = folder / ".complete"
+    if not done.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        for i, sample in enumerate(generate(n, seed=11, size=96)):
+            sample.image.save(folder / f"img{i:05d}.png")
+        done.write_text(f"{n}\n")
+    return folder
+
+
 def clip_spec(arg: str, cache: Path) -> str:
     """'none', 'random' (a randomly initialised ViT-B-32 saved once: timing only) or a spec."""
     if arg != "random":
@@ -121,6 +136,8 @@ def build(args: argparse.Namespace) -> Engine:
     corpus = write_corpus(cache, args.items, args.seed)
     spec = clip_spec(args.clip, cache)
     store = cache / f"store-{args.items}-{'clip-' + args.clip if args.clip != 'none' else 'text'}"
+    if args.images:
+        store = store.with_name(store.name + f"-{args.images}img")
     eng = Engine.open(store, overrides={"models.clip": spec, **STORE_SETTINGS})
     t0 = time.perf_counter()
     last = [0.0]
@@ -130,7 +147,7 @@ def build(args: argparse.Namespace) -> Engine:
             last[0] = time.perf_counter()
             log(f"ingest {done}/{total} files")
 
-    report = eng.ingest([corpus], progress=progress)
+    report = eng.ingest([corpus, *([write_images(cache, args.images)] if args.images else [])], progress=progress)
     if report.added or report.updated:
         log(f"ingested {report.items} items from {report.added} files in {time.perf_counter() - t0:.0f} s")
     return eng
@@ -212,7 +229,7 @@ def report(eng: Engine, totals: list[float], stages: dict[str, list[float]], arg
             "total": {"p50": p50, "p99": p99, "mean": mean_total}, "stages": rows, "verdict": verdict,
             "cpu": {"p50": pct(cpu, 50), "p99": pct(cpu, 99)}, "load_average": os.getloadavg()[0],
             "engine_search": {"p50": pct(engine_totals, 50), "p99": pct(engine_totals, 99)},
-            "clip": args.clip}
+            "clip": args.clip, "images": args.images}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,9 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--clip", default="none", help="'none' (default), 'random' (ViT-B-32, random weights) or a spec")
     ap.add_argument("--cache", default=str(Path(__file__).resolve().parent.parent / ".mmrag-cache" / "bench-query"))
+    ap.add_argument("--images", type=int, default=None,
+                    help="synthetic images beside the text (default 1000 with a CLIP model, else 0)")
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", help="write the numbers here")
     args = ap.parse_args(argv)
+    if args.images is None:
+        args.images = 1000 if args.clip != "none" else 0
     with build(args) as eng:
         queries = make_queries(Path(args.cache).resolve() / f"corpus-{args.items}", args.queries + args.warmup, args.seed)
         totals, stages = run(eng, queries, args.warmup, args.k)

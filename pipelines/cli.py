@@ -104,6 +104,13 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--compare", metavar="RESULTS.json", help="print the changes against an earlier results file")
         _common(t)
 
+    p = sub.add_parser("serve", help="serve search, ask and the evidence over HTTP (FastAPI + uvicorn)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    p.add_argument("--allow-ingest", action="extend", nargs="+", default=[], metavar="DIR",
+                   help="allow POST /ingest of files under DIR (repeatable); ingest is off without it")
+    _common(p)
+
     p = sub.add_parser("demo", help="build the sample corpus in data/, ingest it, search and ask (offline)")
     p.add_argument("--data", default=None, help="where to put the sample corpus (default: ./data)")
     _common(p)

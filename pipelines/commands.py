@@ -189,6 +189,18 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) ->
     return run_eval(args, overrides, emit)
 
 
+def cmd_serve(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
+    try:
+        from pipelines.server import run
+    except ImportError as exc:
+        raise MmragError(f"mmrag serve needs the server extra (pip install 'mmrag[server]'): {exc}") from None
+    if not 0 <= args.port <= 65535:
+        raise MmragError(f"--port expects 0..65535, got {args.port}")
+    with _engine(args, overrides) as eng:
+        run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest])
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
     from pipelines.demo import run_demo
 

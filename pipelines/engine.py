@@ -170,7 +170,7 @@ class Engine:
         query = Query(
             text=text,
             image=load_query_image(image) if image is not None else None,
-            k=k or self.config.search.k,
+            k=self.config.search.k if k is None else k,
             modalities=tuple(Modality.parse(m) for m in modalities) if modalities else None,
             where=dict(where or {}),
             depth=depth,

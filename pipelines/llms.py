@@ -10,6 +10,7 @@ reprs or error messages.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -287,7 +288,16 @@ def _llamacpp(path: str | None, config: LlmConfig) -> ChatBackend:
         raise ConfigError(f"llamacpp: model file not found: {model_path}")
     from pipelines.langchain import ChatLlamaCpp
 
-    chat = ChatLlamaCpp(
-        model_path=str(model_path), temperature=config.temperature, max_tokens=config.max_tokens
-    )
+    key = (str(Path(model_path).resolve()), config.temperature, config.max_tokens)
+    with _LLAMACPP_LOCK:  # one loaded model per file and settings, shared by every ask of the process
+        chat = _LLAMACPP_MODELS.get(key)
+        if chat is None:
+            chat = ChatLlamaCpp(
+                model_path=str(model_path), temperature=config.temperature, max_tokens=config.max_tokens
+            )
+            _LLAMACPP_MODELS[key] = chat
     return ChatBackend(f"llamacpp:{Path(model_path).name}", chat, False, str(model_path))
+
+
+_LLAMACPP_LOCK = threading.Lock()
+_LLAMACPP_MODELS: dict[tuple[str, float, int], Any] = {}

@@ -92,8 +92,14 @@ class Query:
     def __post_init__(self) -> None:
         if (self.text is None or not self.text.strip()) and self.image is None:
             raise QueryError("a search needs query text, an image or an audio clip; got none")
-        if self.k < 1:
-            raise QueryError(f"k must be at least 1, got {self.k}")
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 1:
+            raise QueryError(f"k must be a whole number of at least 1, got {self.k!r}")
+        for key in ("source", "kind", "modality"):
+            if key in self.where and not isinstance(self.where[key], str):
+                raise QueryError(f"filter {key!r} must be a string, got {type(self.where[key]).__name__} "
+                                 f"{self.where[key]!r}")
+        if "modality" in self.where:
+            Modality.parse(self.where["modality"])  # unknown names fail with the accepted ones
 
 
 def rrf_fuse(

@@ -66,10 +66,10 @@ class Modality(str, enum.Enum):
         try:
             return cls(str(value).strip().lower())
         except ValueError:
-            from retriever.errors import ConfigError
+            from retriever.errors import QueryError
 
             names = ", ".join(m.value for m in cls)
-            raise ConfigError(f"unknown modality {value!r}; expected one of: {names}") from None
+            raise QueryError(f"unknown modality {value!r}; expected one of: {names}") from None
 
 
 def format_timestamp(seconds: float) -> str:
@@ -114,16 +114,26 @@ class Locator:
     def name(self) -> str:
         return os.path.basename(self.uri)
 
+    def place(self) -> tuple[str, Any, Any]:
+        """Where in the source: ("page", n, None), ("span", start, end), ("at", t, None) or ("", None, None)."""
+        if self.page is not None:
+            return "page", self.page, None
+        if self.t_start is not None:
+            return "span", self.t_start, self.t_end if self.t_end is not None else self.t_start
+        if self.t is not None:
+            return "at", self.t, None
+        return "", None, None
+
     def render(self, name: str | None = None) -> str:
         """Human citation: ``report.pdf p.3``, ``talk.mp4 @ 01:23–01:41``, ``cat.jpg``."""
         label = name or self.name
-        if self.page is not None:
-            return f"{label} p.{self.page}"
-        if self.t_start is not None:
-            end = self.t_end if self.t_end is not None else self.t_start
-            return f"{label} @ {format_timestamp(self.t_start)}–{format_timestamp(end)}"
-        if self.t is not None:
-            return f"{label} @ {format_timestamp(self.t)}"
+        where, a, b = self.place()
+        if where == "page":
+            return f"{label} p.{a}"
+        if where == "span":
+            return f"{label} @ {format_timestamp(a)}–{format_timestamp(b)}"
+        if where == "at":
+            return f"{label} @ {format_timestamp(a)}"
         return label
 
     def to_dict(self) -> dict[str, Any]:
