@@ -176,7 +176,7 @@ class IngestPipeline:
     # ---- set-up ---------------------------------------------------------------
     def _register_spaces(self) -> None:
         if self.clip is not None:
-            for space in CLIP_SPACES:
+            for space in CLIP_SPACES if self.config.models.clip_texts else (SPACE_CLIP,):
                 self.store.register_space(space, self.clip.model_id, self.clip.dim)
         self.store.register_space(SPACE_TEXT, self.text.model_id, self.text.dim)
 
@@ -315,7 +315,9 @@ class _RunState:
     def flush(self) -> None:
         if self.batch:
             batch, self.batch = self.batch, []
-            vectors = encode_items([it for _, it in batch], self.pipe.clip, self.pipe.text)
+            vectors = encode_items(
+                [it for _, it in batch], self.pipe.clip, self.pipe.text, self.pipe.config.models.clip_texts
+            )
             for (key, it), vecs in zip(batch, vectors):
                 p = self.pending.get(key)
                 if p is None:
@@ -371,14 +373,14 @@ def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> s
 
 
 def encode_items(
-    items: Sequence[PreparedItem], clip: ImageTextEncoder | None, text: TextEncoder
+    items: Sequence[PreparedItem], clip: ImageTextEncoder | None, text: TextEncoder, clip_texts: bool = True
 ) -> list[dict[str, np.ndarray]]:
     """Vectors per space for each item: CLIP (image tower for visual items, text tower for
     text items), and the text space for items with text."""
     out: list[dict[str, np.ndarray]] = [{} for _ in items]
     if clip is not None:
         vis = [i for i, it in enumerate(items) if it.clip_input is not None]
-        txt = [i for i, it in enumerate(items) if it.clip_input is None and it.text]
+        txt = [i for i, it in enumerate(items) if it.clip_input is None and it.text] if clip_texts else []
         if vis:
             for i, v in zip(vis, clip.encode_preprocessed([items[i].clip_input for i in vis])):
                 out[i][SPACE_CLIP] = v

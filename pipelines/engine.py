@@ -26,7 +26,7 @@ from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
 from retriever.search import Query, Retriever
 from retriever.store import Store
-from retriever.types import CLIP_SPACES, SPACE_TEXT, Hit, Modality
+from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_TEXT, Hit, Modality
 
 __all__ = ["Engine"]
 
@@ -75,7 +75,8 @@ class Engine:
     def _wanted_models(self) -> dict[str, str]:
         wanted = {SPACE_TEXT: self.text_encoder.model_id}
         if self.clip_encoder is not None:
-            wanted.update(dict.fromkeys(CLIP_SPACES, self.clip_encoder.model_id))
+            spaces = CLIP_SPACES if self.config.models.clip_texts else (SPACE_CLIP,)
+            wanted.update(dict.fromkeys(spaces, self.clip_encoder.model_id))
         return wanted
 
     @property

@@ -42,6 +42,9 @@ class ModelsConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     precision: str = "auto"  # auto | fp32 | bf16 | fp16
     batch_size: int = 64
+    # CLIP text-tower vectors for text items (the "clip_texts" space): what lets an image query find
+    # text. They cost ~3x the text space's encoding at ingest; false skips them (fixed per store).
+    clip_texts: bool = True
 
 
 @dataclass(frozen=True)

@@ -182,8 +182,11 @@ class Store:
             problems += [f"space '{n}' ({have[n]!r}) exists but no model was given for it" for n in have if n not in wanted]
             problems += [f"space '{n}' ({wanted[n]!r}) is new but the store already has items" for n in wanted if n not in have]
         if problems:
+            hint = ""
+            if "clip_texts" in have.keys() ^ wanted.keys():
+                hint = f" (models.clip_texts was {'true' if 'clip_texts' in have else 'false'} when it was built)"
             raise StoreMismatchError(
-                f"store {self.root} does not match the requested models: " + "; ".join(problems)
+                f"store {self.root} does not match the requested models: " + "; ".join(problems) + hint
                 + ". Open it with the models it was built with (see `mmrag stats`), or use a new store."
             )
 

@@ -180,3 +180,24 @@ def test_version_1_store_is_upgraded_in_place(mixed_store: Engine, shapes: list)
         assert eng.verify().clean
     finally:
         eng.close()
+
+
+def test_store_without_clip_text_vectors(tiny_clip_spec: str, shapes: list, tmp_path: Path) -> None:
+    """models.clip_texts=false: text items get no CLIP vectors; text->image still works; the setting is fixed."""
+    from retriever.errors import StoreMismatchError
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("A red circle was drawn on the first page.\n\nA blue star on the second.\n")
+    overrides = {"models.clip": tiny_clip_spec, "models.clip_texts": False}
+    with Engine.open(tmp_path / "s", overrides=overrides) as eng:
+        eng.ingest([shapes[0][0].parent, notes])
+        spaces = eng.stats()["spaces"]
+        assert "clip_texts" not in spaces and spaces["clip"]["vectors"] == len(shapes)
+        hits = eng.search(text="a red circle", k=40)
+        assert {h.modality.value for h in hits} == {"image", "text"}
+        with Image.open(shapes[0][0]) as img:
+            assert {h.modality.value for h in eng.search(image=img.copy(), k=40)} == {"image"}
+        assert eng.verify().clean
+    with pytest.raises(StoreMismatchError, match=r"clip_texts.*models.clip_texts was false"):
+        Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec}).search(text="a red circle")
