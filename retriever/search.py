@@ -240,16 +240,16 @@ class Retriever:
         """
         weights = {name: self.config.weight(name) for name in runs}
         fused = rrf_fuse({n: r.ids for n, r in runs.items()}, weights, self.config.rrf_k)
-        if self.config.modality_balance <= 0 or not runs.get("clip_text") or self.config.clip_text_scope == "all":
-            return fused
-        if not any(runs.get(n) and runs[n].ids for n in ("text", "bm25")):
+        found = {n for n, r in runs.items() if r.ids}
+        coverage_differs = "clip_text" in found and bool(found & {"text", "bm25"})
+        if self.config.modality_balance <= 0 or self.config.clip_text_scope == "all" or not coverage_differs:
             return fused
         return self._fair(fused, runs, weights)
 
     def _fair(
         self, fused: list[tuple[int, float]], runs: Mapping[str, Run], weights: Mapping[str, float]
     ) -> list[tuple[int, float]]:
-        """Scale each fused score by total weight / the weight of the runs that cover the item."""
+        """Scale each fused score by (total weight / weight of the runs that cover the item) ** balance."""
         members = self.store.catalog.spaces_of([i for i, _ in fused], (SPACE_CLIP, SPACE_TEXT))
         visual, textual = members[SPACE_CLIP], members[SPACE_TEXT]
         live = {n: weights[n] for n, r in runs.items() if r.ids and weights[n] > 0}
