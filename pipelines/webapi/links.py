@@ -1,0 +1,89 @@
+"""The URLs of the evidence in hits and answers: ``open_url`` and ``thumbnail_url``.
+
+``open_url`` carries ``?v=`` with the first 16 hex digits of the source's content hash at
+the time of the search, so a link made before its source changed is answered with 410
+instead of the new content; the fragment (``#page=N``, ``#t=START,END``) points a viewer
+at the evidence inside the file.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+from sqlalchemy import select
+
+from pipelines.engine import Engine
+from retriever.catalog.models import SourceRow
+from retriever.types import Hit, Locator
+
+__all__ = ["Links", "open_fragment", "source_version"]
+
+VERSION_CHARS = 16
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.3f}".rstrip("0").rstrip(".")
+
+
+def open_fragment(locator: Locator) -> str:
+    """The URL fragment that points a viewer at the evidence: ``#page=N`` or ``#t=START,END``."""
+    where, a, b = locator.place()
+    if where == "page":
+        return f"#page={a}"
+    if where == "span":
+        return f"#t={_seconds(a)},{_seconds(b)}"
+    if where == "at":
+        return f"#t={_seconds(a)}"
+    return ""
+
+
+def source_version(content_hash: str | None) -> str | None:
+    """The first 16 hex digits of a catalog content hash (``blake2b:<hex>``); None when there is none."""
+    if not content_hash:
+        return None
+    return content_hash.rpartition(":")[2][:VERSION_CHARS].lower() or None
+
+
+def _versions(engine: Engine, uris: Iterable[str]) -> dict[str, str | None]:
+    """The version of each source, read in one query per 500 sources."""
+    wanted = sorted(set(uris))
+    out: dict[str, str | None] = {}
+    with engine.store.catalog.session() as s:
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start:start + 500]
+            rows = s.execute(select(SourceRow.uri, SourceRow.content_hash).where(SourceRow.uri.in_(chunk)))
+            out.update((uri, source_version(h)) for uri, h in rows)
+    return out
+
+
+class Links:
+    """Builds the evidence URLs of one response (one catalog read for all its sources)."""
+
+    def __init__(self, engine: Engine, root: str, uris: Iterable[str]) -> None:
+        self.root = root.rstrip("/")
+        self.versions = _versions(engine, uris)
+
+    def open_url(self, item_id: int, uri: str, locator: Locator) -> str:
+        version = self.versions.get(uri)
+        query = f"?v={version}" if version else ""
+        return f"{self.root}/items/{item_id}/open{query}{open_fragment(locator)}"
+
+    def hit(self, hit: Hit) -> dict[str, Any]:
+        """``Hit.to_dict()`` (the JSON of ``mmrag search --json``) plus its evidence URLs and version."""
+        out = hit.to_dict()
+        out["source_version"] = self.versions.get(hit.source_uri)
+        out["open_url"] = self.open_url(hit.item_id, hit.source_uri, hit.locator)
+        if hit.thumbnail_path:
+            out["thumbnail_url"] = f"{self.root}/items/{hit.item_id}/thumbnail"
+        return out
+
+    def answer(self, answer: Any) -> dict[str, Any]:
+        """``Answer.to_dict()`` (the JSON of ``mmrag ask --json``) with the URLs of every citation."""
+        data = answer.to_dict()
+        for citation, entry in zip(answer.citations, data["citations"], strict=True):
+            entry["source_version"] = self.versions.get(citation.source)
+            entry["open_url"] = self.open_url(citation.item_id, citation.source, citation.locator)
+        for ev, entry in zip(answer.evidence, data["evidence"], strict=True):
+            hit = self.hit(ev.hit)
+            entry.update({k: v for k, v in hit.items() if k.endswith("_url") or k == "source_version"})
+        return data
