@@ -7,43 +7,44 @@ Workers turn files into ``PreparedItem`` messages on a bounded queue, so decodin
 and preprocessing overlap with inference and memory stays bounded. A source is
 committed in one transaction once all its items are encoded; a file that fails
 at any point is recorded as failed with its reason and the run goes on.
+
+Ctrl-C stops a run within about a second: workers stop taking files, a commit in
+progress completes, the run is recorded as interrupted and ``KeyboardInterrupt`` is
+raised (see ``indexers.interrupt``). What was committed stays; the next run ingests
+the rest. A run that ends well cleans up after earlier runs that did not.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
+import logging
 import os
 import queue
 import threading
 import time
-from dataclasses import dataclass, field, replace
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from indexers.base import IngestContext
-from indexers.discover import Found, discover
-from indexers.prepare import PreparedItem, prepare_item
+from indexers.discover import Found, discover, real_dirs
+from indexers.interrupt import Interrupt
+from indexers.prepare import PreparedItem
+from indexers.progress import ProgressCallback, ProgressTracker
 from indexers.registry import Registry
-from indexers.sniff import family
+from indexers.workers import STOP, DoneMsg, FailMsg, FileWorkers, ItemMsg, UnchangedMsg, hash_file
 from retriever.catalog import NewItem, SourceInfo
 from retriever.config import Config
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
-from retriever.errors import IngestError, LimitExceeded
 from retriever.store import Store
 from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT
 
 __all__ = ["IngestPipeline", "IngestReport", "hash_file"]
 
-
-def hash_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            h.update(block)
-    return "blake2b:" + h.hexdigest()
+_log = logging.getLogger(__name__)
+_USED_ENCODERS: weakref.WeakSet[Any] = weakref.WeakSet()  # encoders that have encoded once (weights loaded)
 
 
 @dataclass
@@ -74,35 +75,6 @@ class IngestReport:
         }
 
 
-# ---- messages from workers to the main thread ---------------------------------
-@dataclass(frozen=True)
-class _ItemMsg:
-    key: int
-    item: PreparedItem
-
-
-@dataclass(frozen=True)
-class _DoneMsg:
-    key: int
-    info: SourceInfo
-    metadata: dict
-    notes: list
-    updated: bool
-
-
-@dataclass(frozen=True)
-class _FailMsg:
-    key: int
-    path: str
-    info: SourceInfo | None
-    reason: str
-
-
-@dataclass(frozen=True)
-class _UnchangedMsg:
-    key: int
-
-
 @dataclass
 class _Pending:
     """A source being assembled: its encoded items and whether its worker finished."""
@@ -110,14 +82,14 @@ class _Pending:
     items: list[NewItem] = field(default_factory=list)
     files: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
     waiting: int = 0  # items queued for encoding
-    done: _DoneMsg | None = None
-
-
-_STOP = object()
+    done: DoneMsg | None = None
 
 
 class IngestPipeline:
-    """Feeds files into a store. One instance per run; the caller holds the write lock."""
+    """Feeds files into a store. One instance per run; the caller holds the write lock.
+
+    ``progress`` is described in ``indexers.progress``.
+    """
 
     def __init__(
         self,
@@ -126,41 +98,72 @@ class IngestPipeline:
         clip: ImageTextEncoder | None,
         text: TextEncoder,
         config: Config,
-        progress: Callable[[str, int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
         transcriber: Any = None,
     ) -> None:
         self.store, self.registry, self.clip, self.text, self.config = store, registry, clip, text, config
-        self.progress = progress
+        self.tracker = ProgressTracker(progress)
         self.transcriber = transcriber
         self.batch_size = config.models.batch_size
-        self._cancel = threading.Event()
+        self.interrupt = Interrupt()
+        self.within: tuple[str, ...] | None = None
 
     # ---- public ---------------------------------------------------------------
-    def run(self, paths: Sequence[str | os.PathLike[str]], prune: bool = False) -> IngestReport:
+    def run(
+        self, paths: Sequence[str | os.PathLike[str]], prune: bool = False, *,
+        within: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> IngestReport:
+        """Ingest ``paths``; with ``within``, only files that resolve inside those directories."""
         t0 = time.perf_counter()
         report = IngestReport()
+        self.within = None if within is None else real_dirs(within)
         self._register_spaces()
         report.run_id = self.store.catalog.start_run()
-        cfg = self.config.ingest
-        found = list(discover(paths, cfg.include, cfg.exclude, cfg.follow_symlinks, self.registry.is_candidate))
-        files = [f for f in found if f.reason is None]
-        report.skipped = [(str(f.path), f.reason) for f in found if f.reason is not None]
-        try:
-            self._consume(files, report)
-            if prune:
-                report.removed = self.prune(paths, [f.path for f in found])
-        except BaseException:
-            # save what was committed, but never let a second failure (disk still full) hide the first
-            with contextlib.suppress(Exception):
-                self._finish(report, "failed", t0)
-            raise
-        self._finish(report, "ok", t0)
+        with self.interrupt.installed():
+            try:
+                found = self._discover(paths)
+                files = [f for f in found if f.reason is None]
+                report.skipped = [(str(f.path), f.reason) for f in found if f.reason is not None]
+                self.tracker.start(len(files))
+                self._consume(files, report)
+                if prune:
+                    with self.interrupt.critical():
+                        report.removed = self.prune(paths, [f.path for f in found])
+                self.tracker.finishing()
+                with self.interrupt.critical(raise_after=False):  # the work is done: finish it
+                    self._finish(report, "ok", t0)
+                    self._tidy(report.run_id)
+            except KeyboardInterrupt:
+                self._end(report, "interrupted", t0, save=False)  # readers replay the log: nothing is lost
+                raise
+            except BaseException:
+                self._end(report, "failed", t0, save=True)
+                raise
         return report
 
     def _finish(self, report: IngestReport, status: str, t0: float) -> None:
         self.store.save()
         report.seconds = time.perf_counter() - t0
         self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+
+    def _end(self, report: IngestReport, status: str, t0: float, save: bool) -> None:
+        """Record a run that did not end well; a second failure (disk still full) never hides the first."""
+        if save:
+            with contextlib.suppress(Exception):
+                self.store.save()
+        report.seconds = time.perf_counter() - t0
+        with contextlib.suppress(Exception):
+            self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+
+    def _tidy(self, run_id: int | None) -> None:
+        """Close earlier unfinished runs and delete what failed writes left (we hold the write lock)."""
+        from retriever.repair import tidy_after_run
+
+        try:
+            for action in tidy_after_run(self.store, run_id):
+                _log.info("%s", action)
+        except Exception as exc:  # the run itself succeeded; `mmrag repair` cleans up as well
+            _log.warning("could not clean up after earlier runs of %s: %s", self.store.root, exc)
 
     def prune(self, roots: Sequence[str | os.PathLike[str]], seen: Sequence[Path]) -> int:
         """Remove sources under ``roots`` whose files no longer exist."""
@@ -180,144 +183,114 @@ class IngestPipeline:
                 self.store.register_space(space, self.clip.model_id, self.clip.dim)
         self.store.register_space(SPACE_TEXT, self.text.model_id, self.text.dim)
 
-    # ---- workers --------------------------------------------------------------
-    def _producer(self, files: Sequence[Found], out: "queue.Queue[Any]") -> Callable[[], None]:
-        """A worker body; all workers made by one call share one iterator over ``files``."""
-        lock = threading.Lock()
-        it = iter(enumerate(files))
-
-        def work() -> None:
-            while True:
-                with lock:
-                    nxt = next(it, None)
-                if nxt is None or self._cancel.is_set():
-                    out.put(_STOP)
-                    return
-                key, found = nxt
-                self._process_file(key, found, out)
-
-        return work
-
-    def _process_file(self, key: int, found: Found, out: "queue.Queue[Any]") -> None:
-        path, info = found.path, None
-        try:
-            info = self._source_info(found)
-            prev = self.store.catalog.get_source(info.uri)
-            if prev is not None and prev.status == "ok" and prev.content_hash == info.content_hash:
-                out.put(_UnchangedMsg(key))
-                return
-            ingestor, ctype = self.registry.resolve(path)
-            info = replace(info, content_type=ctype, family=family(ctype))
-            ctx = self._context()
-            for item in ingestor.ingest(path, ctx):
-                if self._cancel.is_set():
-                    return
-                if item.locator.uri != info.uri:
-                    item = replace(item, locator=item.locator.with_uri(info.uri))
-                out.put(_ItemMsg(key, prepare_item(item, self.clip, self.config.ingest)))
-            updated = prev is not None and prev.status == "ok"
-            out.put(_DoneMsg(key, info, dict(ctx.source_metadata), list(ctx.notes), updated))
-        except IngestError as exc:
-            out.put(_FailMsg(key, str(path), info, str(exc) or type(exc).__name__))
-        except MemoryError:
-            out.put(_FailMsg(key, str(path), info, "out of memory while ingesting this file"))
-        except Exception as exc:  # one bad file never stops a batch
-            out.put(_FailMsg(key, str(path), info, f"{type(exc).__name__}: {exc}"))
-
-    def _source_info(self, found: Found) -> SourceInfo:
-        path = found.path
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
-        if st.st_size > self.config.ingest.max_file_bytes:
-            raise LimitExceeded(f"file is {st.st_size} bytes, above the limit of {self.config.ingest.max_file_bytes}")
-        try:
-            digest = hash_file(path)
-        except OSError as exc:
-            raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
-        try:
-            display = path.relative_to(found.root).as_posix()
-        except ValueError:
-            display = path.name
-        return SourceInfo(str(path), display, digest, st.st_size, st.st_mtime)
-
-    def _context(self) -> IngestContext:
-        embed = (lambda images: self.clip.encode_images(images)) if self.clip is not None else None
-        return IngestContext(config=self.config, embed_images=embed, transcriber=self.transcriber)
+    def _discover(self, paths: Sequence[str | os.PathLike[str]]) -> list[Found]:
+        cfg = self.config.ingest
+        found = []
+        for f in discover(paths, cfg.include, cfg.exclude, cfg.follow_symlinks, self.registry.is_candidate,
+                          within=self.within, skip_dirs=(self.store.root,)):
+            found.append(f)
+            if f.reason is None:
+                self.tracker.found(str(f.path))
+        return found
 
     # ---- main thread: batch, encode, commit ---------------------------------------
     def _consume(self, files: Sequence[Found], report: IngestReport) -> None:
         if not files:
             return
         n_workers = max(1, min(self.config.ingest.workers or (os.cpu_count() or 1), len(files)))
-        out: "queue.Queue[Any]" = queue.Queue(maxsize=max(16, 2 * self.batch_size))
-        work = self._producer(files, out)
-        threads = [threading.Thread(target=work, daemon=True) for _ in range(n_workers)]
-        for t in threads:
-            t.start()
-        state = _RunState(self, report, len(files))
-        stopped = 0
+        out: queue.Queue[Any] = queue.Queue(maxsize=max(16, 2 * self.batch_size))
+        workers = FileWorkers(self.store, self.registry, self.clip, self.config, self.transcriber,
+                              self.interrupt.stop, self.within)
+        threads = workers.start(files, out, n_workers)
+        state = _RunState(self, report)
         try:
-            while stopped < n_workers:
-                try:
-                    msg = out.get(timeout=0.05)
-                except queue.Empty:
-                    state.flush()  # idle: encode what we have rather than wait for a full batch
-                    continue
-                if msg is _STOP:
-                    stopped += 1
-                else:
-                    state.handle(msg)
-            state.flush()
-        except BaseException:
-            self._cancel.set()  # a failed commit (disk full...) ends the run: stop the workers
-            while stopped < n_workers:
-                if out.get() is _STOP:
-                    stopped += 1
+            self._drain(out, n_workers, state)
+        except KeyboardInterrupt:
+            self._stop_workers(out, threads, wait_s=1.0)  # a worker deep in one file is left to end alone
             raise
-        finally:
+        except BaseException:
+            self._stop_workers(out, threads, wait_s=None)  # a failed commit (disk full...) ends the run
+            raise
+        for t in threads:
+            t.join()
+
+    @staticmethod
+    def _drain(out: queue.Queue[Any], n_workers: int, state: _RunState) -> None:
+        stopped = 0
+        while stopped < n_workers:
+            try:
+                msg = out.get(timeout=0.05)
+            except queue.Empty:
+                state.flush()  # idle: encode what we have rather than wait for a full batch
+                continue
+            if msg is STOP:
+                stopped += 1
+            else:
+                state.handle(msg)
+        state.flush()
+
+    def _stop_workers(
+        self, out: queue.Queue[Any], threads: list[threading.Thread], wait_s: float | None
+    ) -> None:
+        """Set the stop flag and wait for the workers (at most ``wait_s`` seconds), draining the queue."""
+        self.interrupt.stop.set()
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while any(t.is_alive() for t in threads):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    out.get_nowait()
             for t in threads:
-                t.join()
+                t.join(timeout=0.02)
 
 
 class _RunState:
     """Book-keeping of one run on the main thread."""
 
-    def __init__(self, pipe: IngestPipeline, report: IngestReport, total: int) -> None:
-        self.pipe, self.report, self.total = pipe, report, total
+    def __init__(self, pipe: IngestPipeline, report: IngestReport) -> None:
+        self.pipe, self.report = pipe, report
         self.pending: dict[int, _Pending] = {}
         self.batch: list[tuple[int, PreparedItem]] = []
-        self.finished = 0
         self.since_save = 0
 
     def handle(self, msg: Any) -> None:
-        if isinstance(msg, _ItemMsg):
+        if isinstance(msg, ItemMsg):
             p = self.pending.setdefault(msg.key, _Pending())
             p.waiting += 1
             self.batch.append((msg.key, msg.item))
             if len(self.batch) >= self.pipe.batch_size:
                 self.flush()
-        elif isinstance(msg, _DoneMsg):
+        elif isinstance(msg, DoneMsg):
             self.pending.setdefault(msg.key, _Pending()).done = msg
             self._commit_ready()
-        elif isinstance(msg, _FailMsg):
-            self.pending.pop(msg.key, None)
-            self.batch = [(k, it) for k, it in self.batch if k != msg.key]
-            info = msg.info or SourceInfo(msg.path, Path(msg.path).name, None, None, None)
+        elif isinstance(msg, FailMsg):
+            self._fail(msg)
+        elif isinstance(msg, UnchangedMsg):
+            self.report.unchanged += 1
+            self.pipe.tracker.file_done("")
+
+    def _fail(self, msg: FailMsg) -> None:
+        self.pending.pop(msg.key, None)
+        self.batch = [(k, it) for k, it in self.batch if k != msg.key]
+        info = msg.info or SourceInfo(msg.path, Path(msg.path).name, None, None, None)
+        with self.pipe.interrupt.critical():
             self.pipe.store.catalog.record_failure(info, msg.reason, self.report.run_id)
             self.report.failed.append((msg.path, msg.reason))
-            self._tick(msg.path)
-        elif isinstance(msg, _UnchangedMsg):
-            self.report.unchanged += 1
-            self._tick("")
+            self.pipe.tracker.file_done(msg.path, failed=True)
 
     def flush(self) -> None:
         if self.batch:
             batch, self.batch = self.batch, []
+            cold = _unused_encoders(self.pipe.clip, self.pipe.text)
+            if cold:
+                self.pipe.tracker.note("loading models")  # weights load on an encoder's first use
             vectors = encode_items(
                 [it for _, it in batch], self.pipe.clip, self.pipe.text, self.pipe.config.models.clip_texts
             )
+            if cold:
+                _USED_ENCODERS.update(cold)
+                self.pipe.tracker.note("")
             for (key, it), vecs in zip(batch, vectors):
                 p = self.pending.get(key)
                 if p is None:
@@ -331,9 +304,11 @@ class _RunState:
 
     def _commit_ready(self) -> None:
         ready = [k for k, p in self.pending.items() if p.done is not None and p.waiting == 0]
-        for key in ready:
-            self._commit(self.pending.pop(key))
-        if ready:
+        if not ready:
+            return
+        with self.pipe.interrupt.critical():  # a first Ctrl-C waits for these commits and the index update
+            for key in ready:
+                self._commit(self.pending.pop(key))
             self.pipe.store.sync(lexical=False)
             if self.since_save >= self.pipe.config.index.save_every_items:
                 for space in self.pipe.store.dense.values():
@@ -360,12 +335,18 @@ class _RunState:
             self.report.added += 1
         self.report.items += len(p.items)
         self.since_save += len(p.items)
-        self._tick(done.info.uri)
+        self.pipe.tracker.file_done(done.info.uri, items=len(p.items))
 
-    def _tick(self, label: str) -> None:
-        self.finished += 1
-        if self.pipe.progress is not None:
-            self.pipe.progress(label, self.finished, self.total)
+
+def _unused_encoders(*encoders: Any) -> list[Any]:
+    """The encoders that have not encoded yet in this process (their weights load on first use)."""
+    out = []
+    for encoder in encoders:
+        with contextlib.suppress(TypeError):  # an encoder that cannot be weakly referenced is never reported
+            if encoder is not None and encoder not in _USED_ENCODERS:
+                weakref.ref(encoder)
+                out.append(encoder)
+    return out
 
 
 def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> str | None:

@@ -105,9 +105,15 @@ def dataset_fingerprint(files: Iterable[Path], root: Path) -> str:
 
 @contextlib.contextmanager
 def progress_bar(label: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """``advance(n)`` for a progress bar on stderr, shown only when stderr is a terminal."""
-    if not enabled or total <= 0 or not sys.stderr.isatty():
+    """``advance(n)`` for progress on stderr: a bar on a terminal, else a line every few seconds."""
+    if not enabled or total <= 0:
         yield lambda n=1: None
+        return
+    if not sys.stderr.isatty():
+        from pipelines.logs import counter_lines
+
+        with counter_lines(f"eval {label}", total) as advance:
+            yield advance
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

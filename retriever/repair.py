@@ -28,7 +28,7 @@ from retriever.store import Store
 from retriever.verify import VerifyReport, expected_spaces, item_rows, verify
 from retriever.verify_files import index_files_in_use, media_refs, readable_image
 
-__all__ = ["RepairReport", "repair"]
+__all__ = ["RepairReport", "delete_orphan_media", "delete_stray_index_files", "repair", "tidy_after_run"]
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,11 @@ def _fix_counts(store: Store) -> list[str]:
 
 
 def _delete_orphan_files(store: Store) -> list[str]:
+    return delete_orphan_media(store) + delete_stray_index_files(store)
+
+
+def delete_orphan_media(store: Store) -> list[str]:
+    """Delete thumbnails and previews that no item refers to (the caller holds the write lock)."""
     refs = media_refs(store)
     media = 0
     for base in (store.thumb_dir, store.preview_dir):
@@ -175,17 +180,22 @@ def _delete_orphan_files(store: Store) -> list[str]:
             continue
         for path in sorted(base.rglob("*")):
             if (path.is_file() or path.is_symlink()) and path.relative_to(store.root).as_posix() not in refs:
-                path.unlink()
+                path.unlink(missing_ok=True)
                 media += 1
+    return [f"deleted {media} orphan media file(s)"] if media else []
+
+
+def delete_stray_index_files(store: Store) -> list[str]:
+    """Delete files under ``indexes/`` that no index pointer refers to (the caller holds the write lock)."""
+    if not store.index_dir.is_dir():
+        return []
+    keep = index_files_in_use(store)
     stray = 0
-    if store.index_dir.is_dir():
-        keep = index_files_in_use(store)
-        for path in store.index_dir.iterdir():
-            if path.name not in keep:
-                _remove(path)
-                stray += 1
-    out = [f"deleted {media} orphan media file(s)"] if media else []
-    return out + ([f"deleted {stray} stray index file(s)"] if stray else [])
+    for path in store.index_dir.iterdir():
+        if path.name not in keep:
+            _remove(path)
+            stray += 1
+    return [f"deleted {stray} stray index file(s)"] if stray else []
 
 
 def _remove(path: Path) -> None:
@@ -200,4 +210,26 @@ def _close_runs(store: Store) -> list[str]:
         n = s.execute(update(RunRow).where(RunRow.status == "running").values(
             status="interrupted", finished_at=utcnow())).rowcount
     return [f"marked {n} unfinished run(s) interrupted"] if n else []
+
+
+def tidy_after_run(store: Store, run_id: int | None) -> list[str]:
+    """What the writer of a run that ended well cleans up (it holds the write lock, so no other
+    writer is busy): index files no pointer refers to (left by an interrupted save), and, when an
+    earlier run did not end well (killed, interrupted, failed: the runs that can leave files
+    behind), media no item refers to; those runs are then marked as cleaned up, and the ones
+    still marked running as interrupted."""
+    actions = delete_stray_index_files(store)
+    with store.catalog.session() as s:
+        rows = s.execute(select(RunRow.id, RunRow.summary).where(RunRow.status != "ok")).all()
+    untidy = [rid for rid, summary in rows
+              if (run_id is None or rid < run_id) and not (summary or {}).get("cleaned_up")]
+    if not untidy:
+        return actions
+    actions += delete_orphan_media(store)
+    with store.catalog.transaction() as s:
+        for row in s.scalars(select(RunRow).where(RunRow.id.in_(untidy))):
+            if row.status == "running":
+                row.status, row.finished_at = "interrupted", utcnow()
+            row.summary = {**(row.summary or {}), "cleaned_up": True}
+    return actions + [f"cleaned up after {len(untidy)} earlier run(s) that did not finish well"]
 

@@ -336,7 +336,9 @@ def _check_runs(store: Store, found: list[Problem]) -> list[Problem]:
     if any(p.code == "writer_active" for p in found):
         return []
     with store.catalog.session() as s:
-        running = list(s.scalars(select(RunRow.id).where(RunRow.status == "running")))
+        last_ok = s.scalar(select(func.max(RunRow.id)).where(RunRow.status == "ok")) or 0
+        # a run that ended well after them ingested what they left and cleaned up after them
+        running = list(s.scalars(select(RunRow.id).where(RunRow.status == "running", RunRow.id > last_ok)))
     if not running:
         return []
     return [Problem("run_interrupted", WARNING, f"{len(running)} ingest run(s) never finished (killed?); what they "
