@@ -4,21 +4,29 @@ Flow of :func:`ask`: search (one fused list) -> keep the hits that are relevant
 enough (see :func:`select_relevant`) -> number them ``[1]..[n]`` (images as image
 parts when the backend takes them) -> generate (extractive by default, or a
 LangChain chat model) -> :func:`check_citations` removes citations of evidence
-that was not given and flags sentences without a citation. With no relevant
-evidence the answer is an explicit "not found" and no model is called.
+that was not given and flags sentences without a citation -> the cited evidence
+is renumbered ``[1], [2], ...`` in order of first citation (text, citations and
+evidence alike; uncited evidence follows). With no relevant evidence the answer is
+an explicit "not found" and no model is called.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from pipelines import prompts
-from pipelines.extractive import extractive_answer, split_sentences
+from pipelines.citations import (
+    CitationCheck,
+    check_citations,
+    citation_order,
+    is_not_found,
+    renumber_citations,
+)
+from pipelines.extractive import extractive_answer, question_terms
 from retriever.config import LlmConfig
 from retriever.encoders.base import TextEncoder
 from retriever.errors import ConfigError, QueryError
@@ -38,6 +46,7 @@ __all__ = [
     "build_evidence",
     "check_citations",
     "select_relevant",
+    "term_weights",
 ]
 
 
@@ -161,130 +170,6 @@ def build_evidence(hits: Sequence[Hit], *, images: bool, config: LlmConfig) -> E
     return EvidencePack(evidence=evidence, images=data_urls)
 
 
-# ---- citation check -------------------------------------------------------------------
-
-_GROUP = re.compile(r"[ \t]*\[([^\[\]\n]{1,120})\]")
-_PREFIX = re.compile(r"^\s*(?:evidence|sources?|refs?|doc(?:ument)?s?)\s*#?\s*", re.IGNORECASE)
-_CITATION_LIKE = re.compile(r"^[-–—]?\d[\w\s,;.\-–—]*$")
-_DASH = re.compile(r"\s*[-–—]\s*")
-_NUMBER = re.compile(r"^[0-9]+$")
-_RANGE = re.compile(r"^([0-9]+)-([0-9]+)$")
-_INT = re.compile(r"(?<![0-9])-?[0-9]+")
-_LEADING_GROUPS = re.compile(r"^(?:\[[^\[\]\n]*\]\s*)+")
-
-
-@dataclass(frozen=True)
-class CitationCheck:
-    """``text`` with invalid citations removed; ``cited``: valid numbers in order of first use."""
-
-    text: str
-    cited: list[int]
-    invalid: list[int]
-    unsupported: list[str]
-
-
-def check_citations(text: str, n_evidence: int) -> CitationCheck:
-    """Keep only citations of evidence ``1..n_evidence``; flag uncited sentences.
-
-    A bracket group is a citation when its content (after an optional
-    ``evidence``/``source`` word) starts with a digit: ``[1]``, ``[1,2]``,
-    ``[1; 3]``, ``[1-3]``, ``[Evidence 2]``. Each comma/space separated part must be
-    a number ``1 <= k <= n`` or an ascending range of them; any other part (``0``,
-    out of range numbers, reversed or out of range ranges, ``1.5``, ``2a``) is removed
-    and every integer in it is reported as invalid. ``[sic]`` and other prose
-    brackets are left alone.
-    """
-    cited: list[int] = []
-    invalid: list[int] = []
-
-    def fix(match: re.Match[str]) -> str:
-        body = _PREFIX.sub("", match.group(1), count=1)
-        if not _is_citation(body):
-            return match.group(0)
-        normal = _DASH.sub("-", body.strip())
-        parts = [p for p in re.split(r"[,;\s]+", normal) if p]
-        kept = []
-        for part in parts:
-            numbers = _parse_part(part, n_evidence)
-            if numbers is None:
-                invalid.extend(int(v) for v in _INT.findall(part))
-                continue
-            kept.append(part)
-            cited.extend(numbers)
-        if not kept:
-            return ""
-        lead = match.group(0)[: len(match.group(0)) - len(match.group(0).lstrip(" \t"))]
-        if len(kept) == len(parts) and body == match.group(1) and normal == body.strip():
-            return match.group(0)
-        return f"{lead}[{', '.join(kept)}]"
-
-    cleaned = _GROUP.sub(fix, text)
-    cleaned = re.sub(r"\]\s*[,;](?=\s*(?:[.!?]|$))", "]", cleaned, flags=re.MULTILINE)
-    return CitationCheck(
-        text=cleaned.strip(),
-        cited=_dedupe(cited),
-        invalid=_dedupe(invalid),
-        unsupported=_unsupported(cleaned),
-    )
-
-
-def _is_citation(body: str) -> bool:
-    return bool(_CITATION_LIKE.match(body.strip()))
-
-
-def _has_citation(sentence: str) -> bool:
-    return any(_is_citation(_PREFIX.sub("", m.group(1), count=1)) for m in _GROUP.finditer(sentence))
-
-
-def _parse_part(part: str, n: int) -> list[int] | None:
-    """The evidence numbers a citation part names, or None when it is invalid."""
-    if _NUMBER.match(part):
-        k = int(part)
-        return [k] if 1 <= k <= n else None
-    m = _RANGE.match(part)
-    if m:
-        a, b = int(m.group(1)), int(m.group(2))
-        return list(range(a, b + 1)) if 1 <= a <= b <= n else None
-    return None
-
-
-def _dedupe(values: Sequence[int]) -> list[int]:
-    return list(dict.fromkeys(values))
-
-
-def _unsupported(text: str) -> list[str]:
-    """Sentences that state something but carry no citation."""
-    out = []
-    for sentence in _attach_leading_citations(split_sentences(text, keep_lines=True)):
-        if _has_citation(sentence):
-            continue
-        bare = sentence.strip()
-        if not re.search(r"[^\W_]", bare) or bare.endswith(":") or bare.startswith("#"):
-            continue
-        if _is_not_found(bare):
-            continue
-        out.append(sentence.strip())
-    return out
-
-
-def _attach_leading_citations(sentences: list[str]) -> list[str]:
-    """Move citations that open a sentence (``text. [1] Next``) to the sentence before."""
-    out: list[str] = []
-    for sentence in sentences:
-        lead = _LEADING_GROUPS.match(sentence)
-        if lead and out:
-            out[-1] = f"{out[-1]} {lead.group(0).strip()}"
-            sentence = sentence[lead.end() :]
-        if sentence.strip():
-            out.append(sentence)
-    return out
-
-
-def _is_not_found(text: str) -> bool:
-    norm = re.sub(r"[^a-z ]", "", text.lower()).strip()
-    return norm.startswith(re.sub(r"[^a-z ]", "", prompts.NOT_FOUND_TEXT.lower()).strip())
-
-
 # ---- the ask flow ---------------------------------------------------------------------
 
 
@@ -303,10 +188,12 @@ def ask(
 ) -> Answer:
     """Answer ``question`` from the store's evidence, with checked citations.
 
-    ``llm``: a spec (``extractive``, ``openai:MODEL``, ``ollama:MODEL``) or a LangChain
-    chat model; default ``config.spec``. ``prompt``: a template (or template file)
-    overriding ``config.prompt``. ``on_token`` receives the answer text as it is
-    produced (the raw model text; ``Answer.text`` is the checked version).
+    ``llm``: a spec (``extractive``, ``openai:MODEL``, ``ollama:MODEL``, ``llamacpp[:PATH]``)
+    or a LangChain chat model; default ``config.spec``. ``prompt``: a template (or template
+    file) overriding ``config.prompt``. ``on_token`` receives the answer text as it is
+    produced: a chat model's raw text, with the numbers it was given; ``Answer.text`` is the
+    checked version, numbered in order of citation. The extractive answer comes whole, as
+    ``Answer.text``.
     """
     from pipelines import llms
 
@@ -324,16 +211,26 @@ def ask(
         return _not_found(question, [], backend.name, backend.extractive, None, on_token)
     pack = build_evidence(relevant, images=backend.accepts_images, config=config)
     if backend.extractive:
-        text = extractive_answer(question, pack.evidence, text_encoder, config)
+        weights = term_weights(searcher, question)
+        text = extractive_answer(question, pack.evidence, text_encoder, config, weights)
         if text is None:
             return _not_found(question, pack.evidence, backend.name, True, None, on_token)
+        answer = _finish(question, text, pack, backend.name, None, True)
         if on_token is not None:
-            on_token(text)
-        return _finish(question, text, pack, backend.name, None, True)
+            on_token(answer.text)
+        return answer
     assert template is not None
     parts = prompts.build_parts(template, question, pack.evidence, pack.images, config.max_evidence_chars)
     generation = backend.generate(parts, on_token)
     return _finish(question, generation.text, pack, backend.name, generation.usage, False)
+
+
+def term_weights(searcher: Searcher, question: str) -> dict[str, float] | None:
+    """The idf of the question's terms in the searcher's store (an ``Engine``); None for other searchers."""
+    store = getattr(searcher, "store", None)
+    if store is None or not callable(getattr(store, "bm25", None)):
+        return None
+    return store.bm25().index.idf(question_terms(question))
 
 
 def _check_config(config: LlmConfig) -> None:
@@ -347,17 +244,17 @@ def _check_config(config: LlmConfig) -> None:
 def _finish(
     question: str, raw: str, pack: EvidencePack, model: str, usage: dict | None, extractive: bool
 ) -> Answer:
+    """The checked answer, its evidence renumbered: cited evidence ``[1]..[m]`` in order of first citation."""
     check = check_citations(raw, len(pack.evidence))
-    if _is_not_found(check.text) or not check.text:
+    if is_not_found(check.text) or not check.text:
         text = check.text or prompts.NOT_FOUND_TEXT
         return Answer(question, text, [], pack.evidence, [], check.invalid, False, model, usage, extractive)
-    by_n = {e.n: e for e in pack.evidence}
-    citations = [_citation(by_n[n]) for n in check.cited]
+    text, evidence = _renumbered(check, pack.evidence)
     return Answer(
         question=question,
-        text=check.text,
-        citations=citations,
-        evidence=pack.evidence,
+        text=text,
+        citations=[_citation(ev) for ev in evidence[: len(check.cited)]],
+        evidence=evidence,
         unsupported=check.unsupported,
         invalid_citations=check.invalid,
         found=True,
@@ -365,6 +262,13 @@ def _finish(
         usage=usage,
         extractive=extractive,
     )
+
+
+def _renumbered(check: CitationCheck, evidence: Sequence[Evidence]) -> tuple[str, list[Evidence]]:
+    """The answer text and evidence with the numbers a reader sees: cited first, in order, no gaps."""
+    mapping = citation_order(check.cited, len(evidence))
+    moved = [replace(ev, n=mapping[ev.n]) for ev in evidence]
+    return renumber_citations(check.text, mapping), sorted(moved, key=lambda ev: ev.n)
 
 
 def _citation(ev: Evidence) -> Citation:

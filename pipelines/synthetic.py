@@ -2,7 +2,8 @@
 
 No CLIP weights ship on PyPI and no model hub is reachable offline, so tests and the
 offline demo train a TINY open_clip model (48x48 images, ~3.5M parameters, most of
-them the token table) on these shapes for 1500 small steps with the contrastive CLIP loss. It is a demo model: it knows 6 colours,
+them the token table) on these shapes for 1500 small steps with the contrastive CLIP
+loss (one to two minutes on a CPU core). It is a demo model: it knows 6 colours,
 5 shapes, 2 sizes and 9 positions, nothing else. ``ensure_tiny_clip`` caches the
 result and returns a spec string that loads through the normal ``ClipEncoder`` path.
 """
@@ -16,7 +17,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,12 +187,15 @@ def _fingerprint(steps: int, seed: int) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def ensure_tiny_clip(cache_dir: Path, steps: int = 1500, seed: int = 0) -> str:
+def ensure_tiny_clip(
+    cache_dir: Path, steps: int = 1500, seed: int = 0, progress: Callable[[int, int], None] | None = None
+) -> str:
     """Train (or reuse) the tiny CLIP in ``cache_dir``; return its ClipEncoder spec string.
 
     Files: ``tiny-clip.json`` (open_clip model config) and ``tiny-clip.safetensors``
     (weights; the training fingerprint is in its metadata). Written atomically under a
-    lock, so concurrent callers train once.
+    lock, so concurrent callers train once. ``progress(step, steps)`` is called only when
+    this call trains: with step 0 as training starts, then after every step.
     """
     import portalocker
 
@@ -203,7 +207,7 @@ def ensure_tiny_clip(cache_dir: Path, steps: int = 1500, seed: int = 0) -> str:
     with portalocker.Lock(str(cache_dir / f".{_NAME}.lock"), timeout=900):
         if _cache_valid(config_path, weights_path, fingerprint):
             return spec
-        state = train_tiny_clip(steps=steps, seed=seed)
+        state = train_tiny_clip(steps=steps, seed=seed, progress=progress)
         _atomic_write(config_path, json.dumps(TINY_CLIP_CONFIG, indent=2).encode())
         _save_weights(weights_path, state, {"mmrag_fingerprint": fingerprint, "mmrag_label": DEMO_MODEL_LABEL})
     return spec
@@ -249,8 +253,17 @@ def _save_weights(path: Path, state: dict[str, Any], metadata: dict[str, str]) -
     _atomic_write(path, save(tensors, metadata=metadata))
 
 
-def train_tiny_clip(steps: int = 1500, seed: int = 0, log: Any = None, threads: int = 1) -> dict[str, Any]:
+def train_tiny_clip(
+    steps: int = 1500,
+    seed: int = 0,
+    log: Any = None,
+    threads: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
     """Train the tiny CLIP on synthetic shapes; return its state_dict (fp32, CPU).
+
+    ``log`` receives a line every 100 steps; ``progress(step, steps)`` is called with step 0
+    before the training data is made and after every step.
 
     Runs on ``threads`` torch threads (restored afterwards): the model is so small that
     one thread is nearly as fast as two on an idle machine and several times faster on
@@ -263,7 +276,7 @@ def train_tiny_clip(steps: int = 1500, seed: int = 0, log: Any = None, threads: 
     try:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return _train(steps, seed, log)
+            return _train(steps, seed, log, progress)
     finally:
         torch.set_num_threads(previous)
 
@@ -281,11 +294,13 @@ def _new_tiny_model() -> tuple[Any, Any, Any]:
         return model, preprocess, open_clip.get_tokenizer(name)
 
 
-def _train(steps: int, seed: int, log: Any) -> dict[str, Any]:
+def _train(steps: int, seed: int, log: Any, progress: Callable[[int, int], None] | None) -> dict[str, Any]:
     import open_clip
     import torch
 
     started = time.perf_counter()
+    if progress is not None:
+        progress(0, steps)
     model, preprocess, tokenizer = _new_tiny_model()
     images, tokens = _training_pool(seed, preprocess, tokenizer)
     model.train()
@@ -313,6 +328,8 @@ def _train(steps: int, seed: int, log: Any) -> dict[str, Any]:
             opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0, math.log(100))
+        if progress is not None:
+            progress(step + 1, steps)
         if log is not None and (step % 100 == 0 or step == steps - 1):
             log(f"step {step} loss {loss.item():.3f} ({time.perf_counter() - started:.1f}s)")
     model.token_embedding.sparse = False

@@ -97,6 +97,23 @@ class Bm25Index:
         docs = docs[np.lexsort((ids[docs], -scores[docs]))][:k]  # best first, ties by item id
         return scores[docs].astype(np.float32), ids[docs]
 
+    def idf(self, terms: Iterable[str]) -> dict[str, float]:
+        """BM25 (Lucene) idf of each term (a token as ``tokenize`` makes it) over the indexed items.
+
+        ``ln(1 + (N - df + 0.5) / (df + 0.5))``: terms that many items contain weigh little, and a
+        term no item contains weighs most.
+        """
+        with self._lock:
+            bm25, n = self._bm25, len(self._ids)
+        out: dict[str, float] = {}
+        for term in terms:
+            df = 0
+            if bm25 is not None and term in bm25.vocab_dict:
+                j = bm25.vocab_dict[term]
+                df = int(bm25.scores["indptr"][j + 1] - bm25.scores["indptr"][j])
+            out[term] = float(np.log1p((n - df + 0.5) / (df + 0.5)))
+        return out
+
     def save(self, directory: Path, name: str, seq: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         sub = f"{name}-{int(seq)}"

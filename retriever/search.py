@@ -237,14 +237,26 @@ class Retriever:
         every query (SciFact in a mixed store fell from 0.916 to 0.556 nDCG@10); the default
         0.6 (measured, see SearchConfig) brings the images in without that cost. When every
         item could have been found by every run (a text-only store) the ranking is plain RRF.
+        Text-space candidates below ``search.min_text_similarity`` are left out (``_counted``).
         """
         weights = {name: self.config.weight(name) for name in runs}
-        fused = rrf_fuse({n: r.ids for n, r in runs.items()}, weights, self.config.rrf_k)
+        fused = rrf_fuse({n: self._counted(n, r) for n, r in runs.items()}, weights, self.config.rrf_k)
         found = {n for n, r in runs.items() if r.ids}
         coverage_differs = "clip_text" in found and bool(found & {"text", "bm25"})
         if self.config.modality_balance <= 0 or self.config.clip_text_scope == "all" or not coverage_differs:
             return fused
         return self._fair(fused, runs, weights)
+
+    def _counted(self, name: str, run: Run) -> list[int]:
+        """The ids of ``run`` that count in fusion: not the text space's below ``search.min_text_similarity``.
+
+        A dense run ranks every item however unrelated, so its first ranks are noise for a query that no
+        text is about. The run still counts as having searched the text items (``_fair``).
+        """
+        floor = self.config.min_text_similarity
+        if name != "text" or floor <= -1.0:
+            return run.ids
+        return [i for i in run.ids if run.scores[i] >= floor]
 
     def _fair(
         self, fused: list[tuple[int, float]], runs: Mapping[str, Run], weights: Mapping[str, float]

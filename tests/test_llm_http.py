@@ -397,5 +397,5 @@ def test_ollama_backend_sends_images_and_streams(encoder, photos):
     assert "[3] multi_page.pdf p.1" in message["content"]
     assert "".join(tokens) == srv.reply
     assert answer.model == "ollama:llava" and answer.invalid_citations == [5]
-    assert [c.n for c in answer.citations] == [1, 3]
+    assert [c.n for c in answer.citations] == [1, 2]  # renumbered in order of citation
     assert answer.usage == {"input_tokens": 700, "output_tokens": 30, "total_tokens": 730}

@@ -188,6 +188,39 @@ def test_checker_keeps_abbreviations_inside_one_sentence():
     assert check.unsupported == ["Dr. Smith agreed."]
 
 
+def test_renumbering_follows_the_order_of_first_citation():
+    from pipelines.citations import citation_order, renumber_citations
+
+    mapping = citation_order([3, 1], 3)
+    assert mapping == {3: 1, 1: 2, 2: 3}
+    text = "A [3]. B [1][3]. C [1, 3]. D [1-3]. E [Evidence 3]. F [sic]."
+    assert renumber_citations(text, mapping) == "A [1]. B [2][1]. C [1, 2]. D [1-3]. E [1]. F [sic]."
+    # numbers that keep their place are left exactly as written
+    assert renumber_citations("G [1,2]. H [2 - 3].", {1: 1, 2: 2, 3: 3}) == "G [1,2]. H [2 - 3]."
+    assert renumber_citations("I [2, 4]. J [1-3].", {1: 3, 2: 4, 3: 5, 4: 1, 5: 2}) == "I [1, 4]. J [3-5]."
+
+
+def test_split_sentences_keeps_markdown_headings_apart():
+    text = "# Keeping a bicycle running\n\n## The chain\n\nA clean chain\nlasts longer. Oil it weekly.\n"
+    assert split_sentences(text) == [
+        "# Keeping a bicycle running",
+        "## The chain",
+        "A clean chain lasts longer.",
+        "Oil it weekly.",
+    ]
+
+
+def test_question_content_is_weighted_by_rarity():
+    from pipelines.extractive import content_coverage, question_terms
+
+    terms = question_terms("What did the report say about revenue?")
+    assert terms == ["report", "revenu"]  # stop words and the framing "say" are not content
+    weights = {"report": 0.5, "revenu": 3.0}  # "report" in many items, "revenue" in none
+    assert content_coverage(terms, weights, "The report was sent on Friday.") == pytest.approx(0.5 / 3.5)
+    assert content_coverage(terms, weights, "Revenue rose in 2024.") == pytest.approx(3.0 / 3.5)
+    assert content_coverage(terms, None, "The report was sent on Friday.") == pytest.approx(0.5)
+
+
 def test_split_sentences_joins_layout_lines_and_splits_bullets():
     text = "The concept predates\nmodern computers. • IBM MT/ST: Introduced in 1964, this\nmachine was new. • Wang 1200"
     assert split_sentences(text) == [
@@ -422,6 +455,47 @@ def test_llm_saying_not_found_is_reported_as_not_found(encoder):
     assert not answer.found and answer.citations == [] and answer.unsupported == []
 
 
+def test_cited_evidence_is_renumbered_without_gaps(encoder):
+    """The model cites [3] and [1] of three: the reader sees [1] and [2], and only those are citations."""
+    from pipelines.rag import ask
+
+    hits = [
+        make_hit(31, WORD_PROCESSOR, page=1),
+        make_hit(32, GOOGLE_DOCS, page=2),
+        make_hit(33, "The typewriter was sold by Remington from 1873 and spread to offices.", page=3),
+    ]
+    reply = "Remington sold it from 1873 [3]. Sholes patented it in 1868 [1][3]. Both facts agree [1-3]."
+    streamed: list[str] = []
+    answer = ask(
+        FakeSearcher(hits),
+        "Who patented and sold the typewriter?",
+        text_encoder=encoder,
+        config=LlmConfig(min_text_relevance=0.0),
+        llm=fake_chat(reply),
+        on_token=streamed.append,
+    )
+    assert answer.text == (
+        "Remington sold it from 1873 [1]. Sholes patented it in 1868 [2][1]. Both facts agree [1-3]."
+    )
+    assert [(c.n, c.item_id) for c in answer.citations] == [(1, 33), (2, 31), (3, 32)]
+    assert [(e.n, e.hit.item_id) for e in answer.evidence] == [(1, 33), (2, 31), (3, 32)]
+    assert "".join(streamed) == reply  # the stream is the model's own text
+
+    partial = ask(
+        FakeSearcher(hits),
+        "Who patented and sold the typewriter?",
+        text_encoder=encoder,
+        config=LlmConfig(min_text_relevance=0.0),
+        llm=fake_chat("Remington sold it [3]. Sholes patented it [1]."),
+    )
+    assert partial.text == "Remington sold it [1]. Sholes patented it [2]."
+    # evidence it did not cite is no citation, and comes after the cited
+    assert [(c.n, c.item_id) for c in partial.citations] == [(1, 33), (2, 31)]
+    assert [(e.n, e.hit.item_id) for e in partial.evidence] == [(1, 33), (2, 31), (3, 32)]
+    data = partial.to_dict()
+    assert [c["n"] for c in data["citations"]] == [1, 2] and [e["n"] for e in data["evidence"]] == [1, 2, 3]
+
+
 # ---- extractive answers ----------------------------------------------------------------
 
 
@@ -534,6 +608,47 @@ def test_extractive_over_real_pdfs_and_transcripts(real_store):
         numbers = {c.n for c in answer.citations}
         assert numbers <= {e.n for e in answer.evidence}
         assert check_citations(answer.text, len(answer.evidence)).invalid == []
+
+
+def test_extractive_numbers_start_at_one_whatever_the_evidence_order(encoder):
+    from pipelines.rag import ask
+
+    hits = [
+        make_hit(41, GOOGLE_DOCS, page=2),
+        make_hit(42, "Typewriters were heavy machines. The typewriter changed how offices worked.", page=3),
+        make_hit(43, WORD_PROCESSOR, page=1),
+    ]
+    tokens: list[str] = []
+    answer = ask(FakeSearcher(hits), "Who patented the typewriter in 1868?", text_encoder=encoder,
+                 config=LlmConfig(min_text_relevance=0.0), on_token=tokens.append)
+    assert answer.found and answer.citations[0].item_id == 43
+    assert [c.n for c in answer.citations] == list(range(1, len(answer.citations) + 1))
+    assert "Sholes" in answer.text.splitlines()[1] and answer.text.splitlines()[1].endswith("[1].")
+    assert tokens == [answer.text]
+
+
+@pytest.fixture(scope="module")
+def reports_store(tmp_path_factory, eval_dir):
+    """The demo's notes beside a 15-page Federal Register notice that mentions a report now and then."""
+    from pipelines.engine import Engine
+
+    repo = Path(__file__).resolve().parent.parent
+    eng = Engine.open(tmp_path_factory.mktemp("reports") / "store", overrides={"models.clip": "none"})
+    notice = eval_dir / "pdf" / "pdfplumber__federal-register-2020-17221.pdf"
+    report = eng.ingest([repo / "data" / "notes", notice])
+    assert report.failed == [], report.failed
+    yield eng
+    eng.close()
+
+
+def test_question_matching_only_a_word_of_the_evidence_is_not_found(reports_store):
+    """The README's example: pages that mention "a report" are evidence of nothing about revenue."""
+    answer = reports_store.ask("What did the report say about revenue?")
+    assert any("report" in (e.hit.text or "").lower() for e in answer.evidence)  # such pages were retrieved
+    assert not answer.found and answer.text == prompts.NOT_FOUND_TEXT, answer.text
+    found = reports_store.ask("Which planet has the largest volcano?")
+    assert found.found and "Olympus Mons" in found.text
+    assert Path(found.citations[0].source).name == "solar_system.md"
 
 
 def test_real_store_off_topic_question_is_not_found(real_store):
