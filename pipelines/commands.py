@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from pipelines.arguments import existing_paths, modality_list
 from pipelines.engine import Engine
 from retriever.errors import MmragError
 from retriever.types import Hit
@@ -15,29 +16,28 @@ from retriever.types import Hit
 Emit = Callable[[argparse.Namespace, Any, str], None]
 
 
-def _engine(args: argparse.Namespace, overrides: dict[str, Any]) -> Engine:
-    return Engine.open(args.store, overrides=overrides)
+def _engine(args: argparse.Namespace, overrides: dict[str, Any], create: bool = False) -> Engine:
+    """The engine on ``--store``; only writing commands (``create=True``) may create a new store."""
+    return Engine.open(args.store, overrides=overrides, create=create)
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (a newline in a file name) escaped, for one-line output."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
 
 
 @contextlib.contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
-    """A progress bar on stderr when it is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+    """Ingest progress on stderr: a bar on a terminal, else a line every few seconds (``pipelines.logs``)."""
+    if not enabled:
         yield None
         return
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from pipelines.logs import ingest_progress
 
-    with Progress(
-        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        TextColumn("{task.description}"), console=Console(stderr=True), transient=True,
-    ) as bar:
-        task = bar.add_task("", total=None)
-
-        def update(label: str, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=Path(label).name[-40:] if label else "")
-
-        yield update
+    with ingest_progress() as progress:
+        yield progress
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -47,8 +47,8 @@ def format_report(report: dict[str, Any]) -> str:
         + (f", removed {report['removed']}" if report.get("removed") else "")
         + f"  ({report['items']} items in {report['seconds']:.1f} s)"
     ]
-    lines += [f"  failed  {f['path']}: {f['reason']}" for f in report["failed"]]
-    lines += [f"  skipped {f['path']}: {f['reason']}" for f in report["skipped"][:20]]
+    lines += [f"  failed  {printable(f['path'])}: {printable(f['reason'])}" for f in report["failed"]]
+    lines += [f"  skipped {printable(f['path'])}: {printable(f['reason'])}" for f in report["skipped"][:20]]
     if len(report["skipped"]) > 20:
         lines.append(f"  ... and {len(report['skipped']) - 20} more skipped")
     return "\n".join(lines)
@@ -60,16 +60,18 @@ def format_hits(hits: list[Hit]) -> str:
     out = []
     for rank, hit in enumerate(hits, start=1):
         spaces = " ".join(f"{name}#{r}" for name, r in sorted(hit.ranks.items()))
-        out.append(f"{rank:>2}. {hit.citation}  [{hit.modality.value}/{hit.kind}]  score={hit.score:.4f}  ({spaces})")
+        out.append(f"{rank:>2}. {printable(hit.citation)}  [{hit.modality.value}/{hit.kind}]  "
+                   f"score={hit.score:.4f}  ({spaces})")
         if hit.snippet:
-            out.append(f"     {hit.snippet}")
+            out.append(f"     {printable(hit.snippet)}")
         elif hit.thumbnail_path:
-            out.append(f"     thumbnail: {hit.thumbnail_path}")
+            out.append(f"     thumbnail: {printable(hit.thumbnail_path)}")
     return "\n".join(out)
 
 
 def cmd_ingest(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
-    with _engine(args, overrides) as eng, _progress(not args.json) as progress:
+    existing_paths(args.paths, "ingest")  # a missing input is a usage error before a store is created
+    with _progress(not args.json) as progress, _engine(args, overrides, create=True) as eng:
         report = eng.ingest(args.paths, prune=args.prune, progress=progress).to_dict()
     emit(args, report, format_report(report))
     return 3 if args.strict and report["failed"] else 0
@@ -86,6 +88,7 @@ def cmd_search(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
         where["source"] = args.source
     if args.text is None and not args.image and not args.audio:
         raise MmragError("search needs TEXT, --image FILE or --audio FILE")
+    modality_list(args.modality or None)  # bad names fail before the store opens
     with _engine(args, overrides) as eng:
         hits = eng.search(
             text=args.text, image=args.image, audio=args.audio, k=args.k,
@@ -98,15 +101,24 @@ def cmd_search(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
 
 def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
     stream = not args.json and not args.no_stream
-    on_token = (lambda tok: (sys.stdout.write(tok), sys.stdout.flush())) if stream else None
+    streamed: list[str] = []
+
+    def on_token(tok: str) -> None:
+        streamed.append(tok)
+        sys.stdout.write(tok)
+        sys.stdout.flush()
+
     with _engine(args, overrides) as eng:
-        answer = eng.ask(args.question, k=args.k, modalities=args.modality or None, on_token=on_token)
+        answer = eng.ask(args.question, k=args.k, modalities=args.modality or None,
+                         on_token=on_token if stream else None)
     data = answer.to_dict()
     if args.json:
         emit(args, data, "")
         return 0
     if stream:
         print()  # the answer text was printed as it came (the backend's raw text)
+        if "".join(streamed).strip() != answer.text.strip():
+            print(f"checked (citations renumbered, invalid ones removed):\n{answer.text}")
     else:
         print(answer.text)
     for c in data.get("citations", []):
@@ -120,9 +132,14 @@ def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> 
 
 def cmd_remove(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
     with _engine(args, overrides) as eng:
-        removed = eng.remove(args.paths)
-    emit(args, {"removed": removed}, f"removed {removed} source(s)")
-    return 0
+        removed = eng.remove(args.paths, glob=args.glob)
+    if removed:
+        emit(args, {"removed": removed}, f"removed {removed} source(s)")
+        return 0
+    hint = "" if args.glob or not any(ch in p for p in args.paths for ch in "*?[") else " (use --glob to match patterns)"
+    emit(args, {"removed": 0}, "nothing matched: no source of the store is "
+         + ", ".join(printable(p) for p in args.paths) + " or under it" + hint)
+    return 3 if args.strict else 0
 
 
 def cmd_stats(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -191,13 +208,14 @@ def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) ->
 
 def cmd_serve(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
     try:
-        from pipelines.server import run
+        from pipelines.server import bind, run
     except ImportError as exc:
         raise MmragError(f"mmrag serve needs the server extra (pip install 'mmrag[server]'): {exc}") from None
     if not 0 <= args.port <= 65535:
         raise MmragError(f"--port expects 0..65535, got {args.port}")
-    with _engine(args, overrides) as eng:
-        run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest])
+    sock = bind(args.host, args.port)  # before the store and models load: a busy port fails at once
+    with sock, _engine(args, overrides, create=bool(args.allow_ingest)) as eng:
+        run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest], sock=sock)
     return 0
 
 

@@ -12,6 +12,7 @@ readers (threads or processes) can search while one writer ingests.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import os
 import threading
@@ -20,10 +21,12 @@ from typing import Any, Callable, Mapping, Sequence
 
 from indexers.pipeline import IngestPipeline, IngestReport
 from indexers.registry import Registry, default_registry
+from pipelines.arguments import existing_paths, modality_list, path_list, query_text, store_path, where_filter
 from retriever.config import Config
 from retriever.encoders import build_clip_encoder, build_text_encoder
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
-from retriever.errors import QueryError
+from retriever.encoders.spec import parse_clip_spec
+from retriever.errors import ArgumentError, QueryError, StoreError
 from retriever.search import Query, Retriever
 from retriever.store import Store
 from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_TEXT, Hit, Modality
@@ -31,18 +34,30 @@ from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_TEXT, Hit, Modality
 __all__ = ["Engine"]
 
 
+MODEL_KEYS = ("models.clip", "models.text", "models.clip_texts")
+
+
 class Engine:
-    """One store plus the models it was built with."""
+    """One store plus the models it was built with.
+
+    Model settings the user left unset come from the store itself (recorded by its first
+    ingest), so reading a store never needs its models repeated; a model given on purpose
+    that differs from the store's is a ``StoreMismatchError``.
+    """
 
     def __init__(self, store: Store, config: Config, registry: Registry | None = None) -> None:
+        if not isinstance(store, Store) or not isinstance(config, Config):
+            raise ArgumentError(f"Engine(store, config) expects a Store and a Config, got "
+                                f"{type(store).__name__} and {type(config).__name__}; use Engine.open(path)")
         self.store = store
-        self.config = config
+        self.config = adopt_store_models(store, config)
         self.registry = registry or default_registry()
         self._clip: ImageTextEncoder | None = None
         self._clip_built = False
         self._text: TextEncoder | None = None
         self._transcriber: Any = None
         self._lock = threading.Lock()
+        self._closed = False
         self.store.check_models(self._wanted_models())
 
     @classmethod
@@ -53,7 +68,16 @@ class Engine:
         overrides: Mapping[str, Any] | None = None,
         create: bool = True,
     ) -> "Engine":
-        """Open (or create) the store at ``store`` (default ``$MMRAG_STORE`` or ``./mmrag-store``)."""
+        """Open (or create) the store at ``store`` (default ``$MMRAG_STORE`` or ``./mmrag-store``).
+
+        ``create=False`` opens an existing store only (a ``StoreError`` names the missing one).
+        """
+        store = store_path(store)
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise ArgumentError(f"Engine.open(overrides=...) expects a mapping such as {{'models.clip': 'none'}}, "
+                                f"got {type(overrides).__name__}: {overrides!r}")
+        if config is not None and not isinstance(config, Config):
+            raise ArgumentError(f"Engine.open(config=...) expects a Config, got {type(config).__name__}")
         if config is None:
             config = Config.load(store, overrides)
         elif overrides:
@@ -69,7 +93,17 @@ class Engine:
         self.close()
 
     def close(self) -> None:
+        """Release the store; the engine cannot be used afterwards."""
+        self._closed = True
         self.store.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreError(f"this Engine on {self.store.root} was closed; open the store again with Engine.open()")
 
     # ---- models -------------------------------------------------------------
     def _wanted_models(self) -> dict[str, str]:
@@ -113,32 +147,57 @@ class Engine:
     # ---- write side ---------------------------------------------------------
     def ingest(
         self,
-        paths: Sequence[str | os.PathLike[str]],
+        paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         prune: bool = False,
         progress: Callable[[str, int, int], None] | None = None,
+        *,
+        within: Sequence[str | os.PathLike[str]] | None = None,
     ) -> IngestReport:
-        """Ingest files and directories (recursively). Unchanged files are skipped."""
+        """Ingest one path or a list of files and directories (recursively). Unchanged files are skipped.
+
+        A path that does not exist is an ``InputNotFound`` error before anything is written.
+        ``within`` confines the run: files (symlink targets included) that resolve outside
+        those directories are skipped.
+        """
+        self._check_open()
+        items = existing_paths(paths, "Engine.ingest")
+        confine = [Path(d) for d in path_list(within, "Engine.ingest(within=...)")] if within is not None else None
         with self.store.write_lock(self.config.ingest.lock_wait_s):
             pipe = IngestPipeline(
                 self.store, self.registry, self.clip_encoder, self.text_encoder, self.config,
                 progress=progress, transcriber=self._transcriber_or_none(),
             )
-            return pipe.run(paths, prune=prune)
+            report = pipe.run(items, prune=prune, within=confine)
+            if self.store.catalog.counts()["items"]:
+                self.store.record_models(self._model_settings())
+            return report
 
-    def remove(self, paths: Sequence[str | os.PathLike[str]]) -> int:
-        """Remove sources by file path, directory (everything under it) or glob; returns the count."""
+    def _model_settings(self) -> dict[str, Any]:
+        """The model settings to record in the store: specs that reopen the same models from anywhere."""
+        models = self.config.models
+        spec = parse_clip_spec(models.clip)
+        clip = models.clip.strip()
+        if spec.kind == "file":
+            clip = f"{spec.model_name}@{spec.weights}"
+        elif spec.kind == "config":
+            clip = f"{spec.config}@{spec.weights}"
+        text = models.text
+        if Path(text).expanduser().is_dir():
+            text = str(Path(text).expanduser().resolve())
+        return {"models.clip": clip, "models.text": text, "models.clip_texts": models.clip_texts}
+
+    def remove(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, glob: bool = False) -> int:
+        """Remove sources by file path or directory (everything under it); returns the count.
+
+        With ``glob=True`` each path is also a pattern (``*.md``, ``*/2023/*``) matched against
+        the sources' paths. Without it, ``*?[`` are ordinary characters.
+        """
+        self._check_open()
+        items = path_list(paths, "Engine.remove")
         uris: set[str] = set()
         sources = self.store.catalog.sources()
-        for raw in paths:
-            text = str(raw)
-            absolute = str(Path(text).expanduser().absolute())
-            for s in sources:
-                if s.uri == absolute or s.uri.startswith(absolute.rstrip(os.sep) + os.sep):
-                    uris.add(s.uri)
-                elif any(ch in text for ch in "*?[") and (
-                    fnmatch.fnmatch(s.uri, text) or fnmatch.fnmatch(s.display, text) or fnmatch.fnmatch(s.uri, absolute)
-                ):
-                    uris.add(s.uri)
+        for raw in items:
+            uris.update(_matching_sources(sources, os.fspath(raw), glob))
         with self.store.write_lock(self.config.ingest.lock_wait_s):
             removed = self.store.catalog.remove_sources(sorted(uris))
             self.store.save()
@@ -146,6 +205,7 @@ class Engine:
 
     # ---- read side ----------------------------------------------------------
     def retriever(self) -> Retriever:
+        self._check_open()
         return Retriever(self.store, self.clip_encoder, self.text_encoder, self.config.search)
 
     def search(
@@ -166,14 +226,18 @@ class Engine:
         transcribed and used as query text. ``where`` filters on ``source`` (glob),
         ``kind``, ``modality`` or any item metadata key (equality).
         """
+        self._check_open()
+        text = query_text(text)
         if audio is not None:
+            if not isinstance(audio, (str, os.PathLike)):
+                raise QueryError(f"audio must be a file path, got {type(audio).__name__}")
             text = self._audio_query_text(audio, text)
         query = Query(
             text=text,
             image=load_query_image(image) if image is not None else None,
             k=self.config.search.k if k is None else k,
-            modalities=tuple(Modality.parse(m) for m in modalities) if modalities else None,
-            where=dict(where or {}),
+            modalities=modality_list(modalities),
+            where=where_filter(where),
             depth=depth,
             mmr=mmr,
             runs=tuple(runs) if runs else None,
@@ -201,6 +265,10 @@ class Engine:
         """Retrieve evidence and answer with checked citations (see ``pipelines.rag.ask``)."""
         from pipelines.rag import ask
 
+        self._check_open()
+        if not isinstance(question, str):
+            raise QueryError(f"the question must be a str, got {type(question).__name__}: {question!r:.80}")
+        query_text(question)
         return ask(self, question, text_encoder=self.text_encoder, config=self.config.llm, **kwargs)
 
     # ---- maintenance --------------------------------------------------------
@@ -208,16 +276,19 @@ class Engine:
         """Check catalog <-> indexes <-> files, read-only (a ``retriever.verify.VerifyReport``)."""
         from retriever.verify import verify
 
+        self._check_open()
         return verify(self.store, check_files=check_files, hash_all=hash_all)
 
     def repair(self, check_files: bool = True) -> Any:
         """Rebuild the indexes from the catalog's vectors and fix what verify found (a ``RepairReport``)."""
         from retriever.repair import repair
 
+        self._check_open()
         with self.store.write_lock(self.config.ingest.lock_wait_s):
             return repair(self.store, check_files=check_files)
 
     def stats(self) -> dict[str, Any]:
+        self._check_open()
         counts = self.store.catalog.counts()
         failed = [{"uri": s.uri, "reason": s.error} for s in self.store.catalog.sources(status="failed")]
         self.store.sync()
@@ -235,12 +306,33 @@ class Engine:
         }
 
 
+def adopt_store_models(store: Store, config: Config) -> Config:
+    """``config`` with the store's recorded model settings wherever the user set none on purpose."""
+    recorded = {k: v for k, v in store.recorded_models().items() if k in MODEL_KEYS and not config.is_explicit(k)}
+    if not recorded:
+        return config
+    return dataclasses.replace(config.with_overrides(recorded), explicit=config.explicit)
+
+
+def _matching_sources(sources: Sequence[Any], raw: str, glob: bool) -> set[str]:
+    """URIs of the sources that ``raw`` names: the file itself, everything under a directory, or a glob."""
+    absolute = str(Path(raw).expanduser().absolute())
+    prefix = absolute.rstrip(os.sep) + os.sep
+    out = {s.uri for s in sources if s.uri == absolute or s.uri.startswith(prefix)}
+    if glob:
+        out.update(s.uri for s in sources
+                   if fnmatch.fnmatch(s.uri, raw) or fnmatch.fnmatch(s.display, raw) or fnmatch.fnmatch(s.uri, absolute))
+    return out
+
+
 def load_query_image(image: Any) -> Any:
     """A PIL RGB image from a path or an image object, with a clear error for bad input."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     if isinstance(image, Image.Image):
         return image.convert("RGB")
+    if not isinstance(image, (str, os.PathLike)):
+        raise QueryError(f"image must be a file path or a PIL image, got {type(image).__name__}")
     path = Path(image)
     if not path.is_file():
         raise QueryError(f"query image not found: {image}")

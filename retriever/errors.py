@@ -17,6 +17,8 @@ __all__ = [
     "LimitExceeded",
     "QueryError",
     "GenerationError",
+    "ArgumentError",
+    "InputNotFound",
 ]
 
 
@@ -54,6 +56,14 @@ class UnsupportedInput(IngestError):
 
 class LimitExceeded(IngestError):
     """An input exceeded a configured limit (pages, pixels, duration, time)."""
+
+
+class ArgumentError(MmragError, TypeError):
+    """An API argument has the wrong type (e.g. a number where a path was expected)."""
+
+
+class InputNotFound(MmragError, FileNotFoundError):
+    """An input path given to ingest does not exist."""
 
 
 class QueryError(MmragError):

@@ -170,31 +170,39 @@ class Store:
         disabled. A store that has items cannot gain or lose a dense space.
         """
         have = {n: s.model_id for n, s in self.spaces().items()}
-        if not have:
-            return
+        if not have or self.catalog.counts()["items"] == 0:
+            return  # an empty store takes whatever models its first write brings (register_space)
         problems = [
             f"space '{n}' was built with {have[n]!r} but {wanted[n]!r} was requested"
             for n in have
             if n in wanted and wanted[n] != have[n]
         ]
-        has_items = self.catalog.counts()["items"] > 0
-        if has_items:
-            problems += [f"space '{n}' ({have[n]!r}) exists but no model was given for it" for n in have if n not in wanted]
-            problems += [f"space '{n}' ({wanted[n]!r}) is new but the store already has items" for n in wanted if n not in have]
+        problems += [f"space '{n}' ({have[n]!r}) exists but no model was given for it" for n in have if n not in wanted]
+        problems += [f"space '{n}' ({wanted[n]!r}) is new but the store already has items" for n in wanted if n not in have]
         if problems:
             hint = ""
             if "clip_texts" in have.keys() ^ wanted.keys():
                 hint = f" (models.clip_texts was {'true' if 'clip_texts' in have else 'false'} when it was built)"
             raise StoreMismatchError(
                 f"store {self.root} does not match the requested models: " + "; ".join(problems) + hint
-                + ". Open it with the models it was built with (see `mmrag stats`), or use a new store."
+                + ". Leave the model settings unset to use the store's own models (see `mmrag stats`), "
+                "or use a new store."
             )
 
     def register_space(self, name: str, model_id: str, dim: int) -> None:
-        """Record a dense space in the manifest (first use) and check it afterwards."""
+        """Record a dense space in the manifest (first use) and check it afterwards.
+
+        A store without items is re-targeted instead: a first ingest whose model never loaded
+        must not pin the store to that model.
+        """
         with self._lock:
             spaces = self.manifest.setdefault("spaces", {})
             known = spaces.get(name)
+            if known is not None and (known["model_id"] != model_id or int(known["dim"]) != dim) and (
+                self.catalog.counts()["items"] == 0
+            ):
+                self._drop_space(name)
+                known = None
             if known is not None and (known["model_id"] != model_id or int(known["dim"]) != dim):
                 raise StoreMismatchError(
                     f"space '{name}' was built with {known['model_id']!r} ({known['dim']}-d), "
@@ -204,6 +212,48 @@ class Store:
                 spaces[name] = {"model_id": model_id, "dim": int(dim)}
                 spaces.setdefault("bm25", {"tokenizer": BM25_TOKENIZER})
                 self._write_manifest()
+
+    def _drop_space(self, name: str) -> None:
+        """Forget an empty space (its model changes before anything was stored in it)."""
+        self.manifest.get("spaces", {}).pop(name, None)
+        self.manifest.pop("models", None)
+        old = self.dense.pop(name, None)
+        with self._writing("the indexes"):
+            (self.index_dir / f"{name}.json").unlink(missing_ok=True)
+        del old
+
+    def recorded_models(self) -> dict[str, Any]:
+        """The model settings the store was built with (``models.clip``, ``models.text``, ``models.clip_texts``).
+
+        Written after the first ingest that stored items; for older stores, derived from the
+        spaces' model ids where they name a model (hub names and tags, not local files).
+        """
+        self._refresh_manifest()
+        models = dict(self.manifest.get("models", {}))
+        if models:
+            return models
+        spaces = self.spaces()
+        text = spaces.get("text")
+        if text is not None and text.model_id.count(":") == 1 and text.model_id.startswith("sentence-transformers:"):
+            models["models.text"] = text.model_id.split(":", 1)[1]
+        clip = spaces.get("clip")
+        if clip is not None and clip.model_id.startswith("open_clip:") and "=" not in clip.model_id:
+            name, _, tag = clip.model_id.split(":", 1)[1].partition("@")
+            if tag and "/" not in tag and ":" not in tag:
+                models["models.clip"] = f"{name}@{tag}"
+        if spaces and "text" in spaces:
+            models["models.clip_texts"] = "clip_texts" in spaces
+            if clip is None:
+                models["models.clip"] = "none"
+        return models
+
+    def record_models(self, models: Mapping[str, Any]) -> None:
+        """Remember the model settings a write used, so readers need not repeat them."""
+        with self._lock:
+            if self.manifest.get("models") == dict(models):
+                return
+            self.manifest["models"] = dict(models)
+            self._write_manifest()
 
     # ---- spaces -------------------------------------------------------------
     def space(self, name: str) -> DenseSpace | None:
@@ -295,6 +345,8 @@ class Store:
                     if time.monotonic() >= deadline:
                         fh.seek(0)
                         holder = fh.read().strip() or "another process"
+                        if holder == f"pid {os.getpid()}":
+                            holder = f"another Engine or Store in this same process (pid {os.getpid()})"
                         raise StoreLockedError(
                             f"store {self.root} is being written by {holder}; wait for it to finish "
                             f"(or set ingest.lock_wait_s to wait)"

@@ -199,5 +199,7 @@ def test_store_without_clip_text_vectors(tiny_clip_spec: str, shapes: list, tmp_
         with Image.open(shapes[0][0]) as img:
             assert {h.modality.value for h in eng.search(image=img.copy(), k=40)} == {"image"}
         assert eng.verify().clean
+    with Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec}) as eng:  # the store's own setting
+        assert eng.config.models.clip_texts is False and eng.search(text="a red circle")
     with pytest.raises(StoreMismatchError, match=r"clip_texts.*models.clip_texts was false"):
-        Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec}).search(text="a red circle")
+        Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec, "models.clip_texts": True})
