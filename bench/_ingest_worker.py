@@ -57,9 +57,9 @@ class Trigger:
 
 def install(trigger: Trigger, log_path: str | None) -> None:
     """Wrap the pipeline's functions with the fault points (and the commit log)."""
-    import indexers.pipeline as pipeline
-    import retriever.lexical as lexical
-    import retriever.stores.faiss_store as faiss_store
+    import indexers.ingest.pipeline as pipeline
+    import retriever.index.bm25 as lexical
+    import retriever.index.faiss_index as faiss_store
     from retriever.catalog.repository import Catalog
 
     encode = pipeline.encode_items

@@ -159,7 +159,7 @@ def check_store(store_dir: Path, clip: str, committed: dict[str, list[int]]) -> 
     """Reopen the store like a reader and compare it with the commit log and the catalog."""
     import numpy as np
 
-    from retriever.verify import item_rows, verify
+    from retriever.maintenance.verify import item_rows, verify
 
     store = open_store(store_dir, clip)
     try:
@@ -199,7 +199,7 @@ def item_keys(store_dir: Path, clip: str) -> dict[tuple, dict[str, Any]]:
     """(source, kind, locator) -> {space: vector} for comparing two stores."""
     import numpy as np
 
-    from retriever.verify import item_rows
+    from retriever.maintenance.verify import item_rows
 
     store = open_store(store_dir, clip)
     try:

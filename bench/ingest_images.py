@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from indexers.base import IngestContext  # noqa: E402
 from indexers.images import ImageIngestor  # noqa: E402
-from indexers.prepare import prepare_item  # noqa: E402
+from indexers.ingest.prepare import prepare_item  # noqa: E402
 from pipelines.engine import Engine  # noqa: E402
 from retriever.config import Config, ModelsConfig, eval_data_dir  # noqa: E402
 from retriever.encoders import ClipEncoder  # noqa: E402

@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import av
 import numpy as np
 
-from indexers.keyframes import ShotDetector, dedup_keyframes
-from indexers.media import SAMPLE_RATE, AudioChunk, AudioReader, decode_audio, iter_video_frames
-from indexers.transcribe import Transcriber
+from indexers.av.keyframes import ShotDetector, dedup_keyframes
+from indexers.av.decode import SAMPLE_RATE, AudioChunk, AudioReader, decode_audio, iter_video_frames
+from indexers.av.transcribe import Transcriber
 from retriever.config import AudioConfig, VideoConfig, eval_data_dir
 from retriever.metrics import corpus_wer
 

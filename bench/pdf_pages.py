@@ -28,9 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from indexers.base import IngestContext
 from indexers.chunking import chunk_spans
-from indexers.pdf import PdfIngestor
-from indexers.pdf_figures import render_page
-from indexers.pdf_text import page_geometry, read_text_layer, span_bbox
+from indexers.pdf.ingestor import PdfIngestor
+from indexers.pdf.figures import render_page
+from indexers.pdf.text import page_geometry, read_text_layer, span_bbox
 from retriever.config import Config, eval_data_dir
 
 PASSWORDS = {"docling__2206.01062_pg3.pdf": "1234"}

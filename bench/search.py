@@ -49,7 +49,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from retriever.config import IndexConfig
-from retriever.stores.faiss_store import FaissStore, choose_kind, ivf_lists
+from retriever.index.faiss_index import FaissStore, choose_kind, ivf_lists
 
 K = 10
 EF_SWEEP = (16, 24, 32, 48, 64, 96, 128, 192, 256)

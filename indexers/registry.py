@@ -42,9 +42,9 @@ class IngestorSpec:
 DEFAULT_INGESTORS: tuple[IngestorSpec, ...] = (
     IngestorSpec("image", "indexers.images:ImageIngestor"),
     IngestorSpec("text", "indexers.text:TextIngestor"),
-    IngestorSpec("pdf", "indexers.pdf:PdfIngestor", "pdf"),
-    IngestorSpec("audio", "indexers.audio:AudioIngestor", "media"),
-    IngestorSpec("video", "indexers.video:VideoIngestor", "media"),
+    IngestorSpec("pdf", "indexers.pdf.ingestor:PdfIngestor", "pdf"),
+    IngestorSpec("audio", "indexers.av.audio:AudioIngestor", "media"),
+    IngestorSpec("video", "indexers.av.video:VideoIngestor", "media"),
 )
 
 

@@ -19,7 +19,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from indexers.pipeline import IngestPipeline, IngestReport
+from indexers.ingest.pipeline import IngestPipeline, IngestReport
 from indexers.registry import Registry, default_registry
 from pipelines.arguments import existing_paths, modality_list, path_list, query_text, store_path, where_filter
 from retriever.config import Config
@@ -133,7 +133,7 @@ class Engine:
         """The shared speech model (audio/video ingest and audio queries), built on first use."""
         with self._lock:
             if self._transcriber is None:
-                from indexers.transcribe import Transcriber
+                from indexers.av.transcribe import Transcriber
 
                 self._transcriber = Transcriber(self.config.audio, device=self.config.models.device)
             return self._transcriber
@@ -251,7 +251,7 @@ class Engine:
         return hits
 
     def _audio_query_text(self, audio: str | os.PathLike[str], text: str | None) -> str:
-        from indexers.transcribe import transcribe_query
+        from indexers.av.transcribe import transcribe_query
 
         path = Path(audio)
         if not path.is_file():
@@ -262,8 +262,8 @@ class Engine:
         return " ".join(t for t in (text, spoken) if t)
 
     def ask(self, question: str, **kwargs: Any) -> Any:
-        """Retrieve evidence and answer with checked citations (see ``pipelines.rag.ask``)."""
-        from pipelines.rag import ask
+        """Retrieve evidence and answer with checked citations (see ``pipelines.rag.answer.ask``)."""
+        from pipelines.rag.answer import ask
 
         self._check_open()
         if not isinstance(question, str):
@@ -273,15 +273,15 @@ class Engine:
 
     # ---- maintenance --------------------------------------------------------
     def verify(self, check_files: bool = True, hash_all: bool = False) -> Any:
-        """Check catalog <-> indexes <-> files, read-only (a ``retriever.verify.VerifyReport``)."""
-        from retriever.verify import verify
+        """Check catalog <-> indexes <-> files, read-only (a ``retriever.maintenance.verify.VerifyReport``)."""
+        from retriever.maintenance.verify import verify
 
         self._check_open()
         return verify(self.store, check_files=check_files, hash_all=hash_all)
 
     def repair(self, check_files: bool = True) -> Any:
         """Rebuild the indexes from the catalog's vectors and fix what verify found (a ``RepairReport``)."""
-        from retriever.repair import repair
+        from retriever.maintenance.repair import repair
 
         self._check_open()
         with self.store.write_lock(self.config.ingest.lock_wait_s):

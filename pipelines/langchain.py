@@ -26,7 +26,7 @@ Example (an LCEL chain that answers from the store with citations)::
 Each document's metadata carries the evidence's address (``citation``, ``locator``)
 so a chain can show where an answer came from; images come back as a caption or
 their citation, with ``image``/``thumbnail`` paths for a multimodal prompt.
-``pipelines.rag.ask`` is the checked path (citations verified after generation);
+``pipelines.rag.answer.ask`` is the checked path (citations verified after generation);
 this adapter is for composing your own chains.
 """
 

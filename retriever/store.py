@@ -31,8 +31,8 @@ import portalocker
 from retriever.catalog import Catalog
 from retriever.config import Config
 from retriever.errors import StoreError, StoreLockedError, StoreMismatchError
-from retriever.spaces import DenseSpace, LexicalSpace, catalog_head
-from retriever.stores.faiss_store import atomic_write_bytes
+from retriever.index.spaces import DenseSpace, LexicalSpace, catalog_head
+from retriever.index.faiss_index import atomic_write_bytes
 
 __all__ = ["Store", "SpaceInfo", "FORMAT_VERSION"]
 

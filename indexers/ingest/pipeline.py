@@ -1,0 +1,376 @@
+"""The streaming ingest pipeline.
+
+discover -> hash -> skip unchanged / replace changed -> ingest -> prepare
+(decode workers) -> batch -> encode (main thread) -> commit catalog -> sync indexes.
+
+Workers turn files into ``PreparedItem`` messages on a bounded queue, so decoding
+and preprocessing overlap with inference and memory stays bounded. A source is
+committed in one transaction once all its items are encoded; a file that fails
+at any point is recorded as failed with its reason and the run goes on.
+
+Ctrl-C stops a run within about a second: workers stop taking files, a commit in
+progress completes, the run is recorded as interrupted and ``KeyboardInterrupt`` is
+raised (see ``indexers.ingest.interrupt``). What was committed stays; the next run ingests
+the rest. A run that ends well cleans up after earlier runs that did not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from indexers.ingest.discover import Found, discover, real_dirs
+from indexers.ingest.interrupt import Interrupt
+from indexers.ingest.prepare import PreparedItem
+from indexers.ingest.progress import ProgressCallback, ProgressTracker
+from indexers.registry import Registry
+from indexers.ingest.workers import STOP, DoneMsg, FailMsg, FileWorkers, ItemMsg, UnchangedMsg, hash_file
+from retriever.catalog import NewItem, SourceInfo
+from retriever.config import Config
+from retriever.encoders.base import ImageTextEncoder, TextEncoder
+from retriever.store import Store
+from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT
+
+__all__ = ["IngestPipeline", "IngestReport", "hash_file"]
+
+_log = logging.getLogger(__name__)
+_USED_ENCODERS: weakref.WeakSet[Any] = weakref.WeakSet()  # encoders that have encoded once (weights loaded)
+
+
+@dataclass
+class IngestReport:
+    """What a run did. ``failed`` and ``skipped`` hold (path, reason) pairs."""
+
+    added: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    items: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    run_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "updated": self.updated,
+            "unchanged": self.unchanged,
+            "removed": self.removed,
+            "items": self.items,
+            "failed": [{"path": p, "reason": r} for p, r in self.failed],
+            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
+            "seconds": round(self.seconds, 3),
+            "run_id": self.run_id,
+        }
+
+
+@dataclass
+class _Pending:
+    """A source being assembled: its encoded items and whether its worker finished."""
+
+    items: list[NewItem] = field(default_factory=list)
+    files: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
+    waiting: int = 0  # items queued for encoding
+    done: DoneMsg | None = None
+
+
+class IngestPipeline:
+    """Feeds files into a store. One instance per run; the caller holds the write lock.
+
+    ``progress`` is described in ``indexers.ingest.progress``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        registry: Registry,
+        clip: ImageTextEncoder | None,
+        text: TextEncoder,
+        config: Config,
+        progress: ProgressCallback | None = None,
+        transcriber: Any = None,
+    ) -> None:
+        self.store, self.registry, self.clip, self.text, self.config = store, registry, clip, text, config
+        self.tracker = ProgressTracker(progress)
+        self.transcriber = transcriber
+        self.batch_size = config.models.batch_size
+        self.interrupt = Interrupt()
+        self.within: tuple[str, ...] | None = None
+
+    # ---- public ---------------------------------------------------------------
+    def run(
+        self, paths: Sequence[str | os.PathLike[str]], prune: bool = False, *,
+        within: Sequence[str | os.PathLike[str]] | None = None,
+    ) -> IngestReport:
+        """Ingest ``paths``; with ``within``, only files that resolve inside those directories."""
+        t0 = time.perf_counter()
+        report = IngestReport()
+        self.within = None if within is None else real_dirs(within)
+        self._register_spaces()
+        report.run_id = self.store.catalog.start_run()
+        with self.interrupt.installed():
+            try:
+                found = self._discover(paths)
+                files = [f for f in found if f.reason is None]
+                report.skipped = [(str(f.path), f.reason) for f in found if f.reason is not None]
+                self.tracker.start(len(files))
+                self._consume(files, report)
+                if prune:
+                    with self.interrupt.critical():
+                        report.removed = self.prune(paths, [f.path for f in found])
+                self.tracker.finishing()
+                with self.interrupt.critical(raise_after=False):  # the work is done: finish it
+                    self._finish(report, "ok", t0)
+                    self._tidy(report.run_id)
+            except KeyboardInterrupt:
+                self._end(report, "interrupted", t0, save=False)  # readers replay the log: nothing is lost
+                raise
+            except BaseException:
+                self._end(report, "failed", t0, save=True)
+                raise
+        return report
+
+    def _finish(self, report: IngestReport, status: str, t0: float) -> None:
+        self.store.save()
+        report.seconds = time.perf_counter() - t0
+        self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+
+    def _end(self, report: IngestReport, status: str, t0: float, save: bool) -> None:
+        """Record a run that did not end well; a second failure (disk still full) never hides the first."""
+        if save:
+            with contextlib.suppress(Exception):
+                self.store.save()
+        report.seconds = time.perf_counter() - t0
+        with contextlib.suppress(Exception):
+            self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+
+    def _tidy(self, run_id: int | None) -> None:
+        """Close earlier unfinished runs and delete what failed writes left (we hold the write lock)."""
+        from retriever.maintenance.repair import tidy_after_run
+
+        try:
+            for action in tidy_after_run(self.store, run_id):
+                _log.info("%s", action)
+        except Exception as exc:  # the run itself succeeded; `mmrag repair` cleans up as well
+            _log.warning("could not clean up after earlier runs of %s: %s", self.store.root, exc)
+
+    def prune(self, roots: Sequence[str | os.PathLike[str]], seen: Sequence[Path]) -> int:
+        """Remove sources under ``roots`` whose files no longer exist."""
+        prefixes = [str(Path(r).expanduser().absolute()) for r in roots]
+        gone = [
+            s.uri
+            for s in self.store.catalog.sources()
+            if any(s.uri == p or s.uri.startswith(p.rstrip(os.sep) + os.sep) for p in prefixes)
+            and not os.path.exists(s.uri)
+        ]
+        return self.store.catalog.remove_sources(gone)
+
+    # ---- set-up ---------------------------------------------------------------
+    def _register_spaces(self) -> None:
+        if self.clip is not None:
+            for space in CLIP_SPACES if self.config.models.clip_texts else (SPACE_CLIP,):
+                self.store.register_space(space, self.clip.model_id, self.clip.dim)
+        self.store.register_space(SPACE_TEXT, self.text.model_id, self.text.dim)
+
+    def _discover(self, paths: Sequence[str | os.PathLike[str]]) -> list[Found]:
+        cfg = self.config.ingest
+        found = []
+        for f in discover(paths, cfg.include, cfg.exclude, cfg.follow_symlinks, self.registry.is_candidate,
+                          within=self.within, skip_dirs=(self.store.root,)):
+            found.append(f)
+            if f.reason is None:
+                self.tracker.found(str(f.path))
+        return found
+
+    # ---- main thread: batch, encode, commit ---------------------------------------
+    def _consume(self, files: Sequence[Found], report: IngestReport) -> None:
+        if not files:
+            return
+        n_workers = max(1, min(self.config.ingest.workers or (os.cpu_count() or 1), len(files)))
+        out: queue.Queue[Any] = queue.Queue(maxsize=max(16, 2 * self.batch_size))
+        workers = FileWorkers(self.store, self.registry, self.clip, self.config, self.transcriber,
+                              self.interrupt.stop, self.within)
+        threads = workers.start(files, out, n_workers)
+        state = _RunState(self, report)
+        try:
+            self._drain(out, n_workers, state)
+        except KeyboardInterrupt:
+            self._stop_workers(out, threads, wait_s=1.0)  # a worker deep in one file is left to end alone
+            raise
+        except BaseException:
+            self._stop_workers(out, threads, wait_s=None)  # a failed commit (disk full...) ends the run
+            raise
+        for t in threads:
+            t.join()
+
+    @staticmethod
+    def _drain(out: queue.Queue[Any], n_workers: int, state: _RunState) -> None:
+        stopped = 0
+        while stopped < n_workers:
+            try:
+                msg = out.get(timeout=0.05)
+            except queue.Empty:
+                state.flush()  # idle: encode what we have rather than wait for a full batch
+                continue
+            if msg is STOP:
+                stopped += 1
+            else:
+                state.handle(msg)
+        state.flush()
+
+    def _stop_workers(
+        self, out: queue.Queue[Any], threads: list[threading.Thread], wait_s: float | None
+    ) -> None:
+        """Set the stop flag and wait for the workers (at most ``wait_s`` seconds), draining the queue."""
+        self.interrupt.stop.set()
+        deadline = None if wait_s is None else time.monotonic() + wait_s
+        while any(t.is_alive() for t in threads):
+            if deadline is not None and time.monotonic() >= deadline:
+                return
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    out.get_nowait()
+            for t in threads:
+                t.join(timeout=0.02)
+
+
+class _RunState:
+    """Book-keeping of one run on the main thread."""
+
+    def __init__(self, pipe: IngestPipeline, report: IngestReport) -> None:
+        self.pipe, self.report = pipe, report
+        self.pending: dict[int, _Pending] = {}
+        self.batch: list[tuple[int, PreparedItem]] = []
+        self.since_save = 0
+
+    def handle(self, msg: Any) -> None:
+        if isinstance(msg, ItemMsg):
+            p = self.pending.setdefault(msg.key, _Pending())
+            p.waiting += 1
+            self.batch.append((msg.key, msg.item))
+            if len(self.batch) >= self.pipe.batch_size:
+                self.flush()
+        elif isinstance(msg, DoneMsg):
+            self.pending.setdefault(msg.key, _Pending()).done = msg
+            self._commit_ready()
+        elif isinstance(msg, FailMsg):
+            self._fail(msg)
+        elif isinstance(msg, UnchangedMsg):
+            self.report.unchanged += 1
+            self.pipe.tracker.file_done("")
+
+    def _fail(self, msg: FailMsg) -> None:
+        self.pending.pop(msg.key, None)
+        self.batch = [(k, it) for k, it in self.batch if k != msg.key]
+        info = msg.info or SourceInfo(msg.path, Path(msg.path).name, None, None, None)
+        with self.pipe.interrupt.critical():
+            self.pipe.store.catalog.record_failure(info, msg.reason, self.report.run_id)
+            self.report.failed.append((msg.path, msg.reason))
+            self.pipe.tracker.file_done(msg.path, failed=True)
+
+    def flush(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            cold = _unused_encoders(self.pipe.clip, self.pipe.text)
+            if cold:
+                self.pipe.tracker.note("loading models")  # weights load on an encoder's first use
+            vectors = encode_items(
+                [it for _, it in batch], self.pipe.clip, self.pipe.text, self.pipe.config.models.clip_texts
+            )
+            if cold:
+                _USED_ENCODERS.update(cold)
+                self.pipe.tracker.note("")
+            for (key, it), vecs in zip(batch, vectors):
+                p = self.pending.get(key)
+                if p is None:
+                    continue
+                p.items.append(
+                    NewItem(it.modality.value, it.kind, it.locator.to_dict(), it.text, it.metadata, vecs)
+                )
+                p.files.append((it.thumbnail, it.preview))
+                p.waiting -= 1
+        self._commit_ready()
+
+    def _commit_ready(self) -> None:
+        ready = [k for k, p in self.pending.items() if p.done is not None and p.waiting == 0]
+        if not ready:
+            return
+        with self.pipe.interrupt.critical():  # a first Ctrl-C waits for these commits and the index update
+            for key in ready:
+                self._commit(self.pending.pop(key))
+            self.pipe.store.sync(lexical=False)
+            if self.since_save >= self.pipe.config.index.save_every_items:
+                for space in self.pipe.store.dense.values():
+                    space.save()
+                self.since_save = 0
+
+    def _commit(self, p: _Pending) -> None:
+        done = p.done
+        assert done is not None
+        store = self.pipe.store
+
+        def write_files(ids: Sequence[int], items: Sequence[NewItem]) -> None:
+            for iid, it, (thumb, preview) in zip(ids, items, p.files):
+                it.thumbnail = _write_media(store, "thumb", iid, thumb)
+                it.preview = _write_media(store, "preview", iid, preview)
+
+        store.catalog.commit_source(
+            done.info, p.items, metadata=done.metadata, notes=done.notes, run_id=self.report.run_id,
+            write_files=write_files,
+        )
+        if done.updated:
+            self.report.updated += 1
+        else:
+            self.report.added += 1
+        self.report.items += len(p.items)
+        self.since_save += len(p.items)
+        self.pipe.tracker.file_done(done.info.uri, items=len(p.items))
+
+
+def _unused_encoders(*encoders: Any) -> list[Any]:
+    """The encoders that have not encoded yet in this process (their weights load on first use)."""
+    out = []
+    for encoder in encoders:
+        with contextlib.suppress(TypeError):  # an encoder that cannot be weakly referenced is never reported
+            if encoder is not None and encoder not in _USED_ENCODERS:
+                weakref.ref(encoder)
+                out.append(encoder)
+    return out
+
+
+def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> str | None:
+    return None if data is None else store.write_media(kind, item_id, data)
+
+
+def encode_items(
+    items: Sequence[PreparedItem], clip: ImageTextEncoder | None, text: TextEncoder, clip_texts: bool = True
+) -> list[dict[str, np.ndarray]]:
+    """Vectors per space for each item: CLIP (image tower for visual items, text tower for
+    text items), and the text space for items with text."""
+    out: list[dict[str, np.ndarray]] = [{} for _ in items]
+    if clip is not None:
+        vis = [i for i, it in enumerate(items) if it.clip_input is not None]
+        txt = [i for i, it in enumerate(items) if it.clip_input is None and it.text] if clip_texts else []
+        if vis:
+            for i, v in zip(vis, clip.encode_preprocessed([items[i].clip_input for i in vis])):
+                out[i][SPACE_CLIP] = v
+        if txt:
+            for i, v in zip(txt, clip.encode_texts([items[i].text for i in txt])):
+                out[i][SPACE_CLIP_TEXTS] = v
+    with_text = [i for i, it in enumerate(items) if it.text]
+    if with_text:
+        for i, v in zip(with_text, text.encode_texts([items[i].text for i in with_text])):
+            out[i][SPACE_TEXT] = v
+    return out
+

@@ -1,0 +1,164 @@
+"""The decode workers of the ingest pipeline.
+
+Each worker takes the next file, hashes it, reports it unchanged or ingests it and
+prepares its items (model input tensors, thumbnails), and puts messages for the main
+thread on a bounded queue. Workers check the run's stop flag before each file and
+each item, and never block on a full queue once it is set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import queue
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+from indexers.base import IngestContext
+from indexers.ingest.discover import OUTSIDE, Found, is_inside
+from indexers.ingest.prepare import PreparedItem, prepare_item
+from indexers.registry import Registry
+from indexers.sniff import family
+from retriever.catalog import SourceInfo
+from retriever.config import Config
+from retriever.encoders.base import ImageTextEncoder
+from retriever.errors import IngestError, LimitExceeded
+from retriever.store import Store
+
+__all__ = ["STOP", "DoneMsg", "FailMsg", "FileWorkers", "ItemMsg", "UnchangedMsg", "hash_file"]
+
+
+def hash_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return "blake2b:" + h.hexdigest()
+
+
+# ---- messages from workers to the main thread ---------------------------------
+@dataclass(frozen=True)
+class ItemMsg:
+    key: int
+    item: PreparedItem
+
+
+@dataclass(frozen=True)
+class DoneMsg:
+    key: int
+    info: SourceInfo
+    metadata: dict
+    notes: list
+    updated: bool
+
+
+@dataclass(frozen=True)
+class FailMsg:
+    key: int
+    path: str
+    info: SourceInfo | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class UnchangedMsg:
+    key: int
+
+
+STOP = object()  # a worker has ended
+
+
+class FileWorkers:
+    """Threads that turn files into messages; all of them share one iterator over the files."""
+
+    def __init__(
+        self, store: Store, registry: Registry, clip: ImageTextEncoder | None, config: Config,
+        transcriber: Any, stop: threading.Event, within: tuple[str, ...] | None = None,
+    ) -> None:
+        self.store, self.registry, self.clip, self.config = store, registry, clip, config
+        self.transcriber, self.stop, self.within = transcriber, stop, within
+
+    def start(self, files: Sequence[Found], out: queue.Queue[Any], n: int) -> list[threading.Thread]:
+        lock = threading.Lock()
+        it = iter(enumerate(files))
+
+        def work() -> None:
+            while not self.stop.is_set():
+                with lock:
+                    nxt = next(it, None)
+                if nxt is None:
+                    break
+                self._process_file(nxt[0], nxt[1], out)
+            if not self._put(out, STOP):  # the main thread counts these, unless the run is stopping
+                with contextlib.suppress(queue.Full):
+                    out.put_nowait(STOP)
+
+        threads = [threading.Thread(target=work, daemon=True, name=f"mmrag-ingest-{i}") for i in range(n)]
+        for t in threads:
+            t.start()
+        return threads
+
+    def _put(self, out: queue.Queue[Any], msg: Any) -> bool:
+        """Queue ``msg``; False (dropped) once the run is stopping."""
+        while not self.stop.is_set():
+            try:
+                out.put(msg, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _process_file(self, key: int, found: Found, out: queue.Queue[Any]) -> None:
+        path, info = found.path, None
+        try:
+            info = self._source_info(found)
+            prev = self.store.catalog.get_source(info.uri)
+            if prev is not None and prev.status == "ok" and prev.content_hash == info.content_hash:
+                self._put(out, UnchangedMsg(key))
+                return
+            ingestor, ctype = self.registry.resolve(path)
+            info = replace(info, content_type=ctype, family=family(ctype))
+            ctx = self._context()
+            for item in ingestor.ingest(path, ctx):
+                if self.stop.is_set():
+                    return
+                if item.locator.uri != info.uri:
+                    item = replace(item, locator=item.locator.with_uri(info.uri))
+                if not self._put(out, ItemMsg(key, prepare_item(item, self.clip, self.config.ingest))):
+                    return
+            updated = prev is not None and prev.status == "ok"
+            self._put(out, DoneMsg(key, info, dict(ctx.source_metadata), list(ctx.notes), updated))
+        except IngestError as exc:
+            self._put(out, FailMsg(key, str(path), info, str(exc) or type(exc).__name__))
+        except MemoryError:
+            self._put(out, FailMsg(key, str(path), info, "out of memory while ingesting this file"))
+        except Exception as exc:  # one bad file never stops a batch
+            self._put(out, FailMsg(key, str(path), info, f"{type(exc).__name__}: {exc}"))
+
+    def _source_info(self, found: Found) -> SourceInfo:
+        path = found.path
+        if self.within is not None and not is_inside(path, self.within):  # moved since it was discovered
+            raise IngestError(OUTSIDE)
+        try:
+            st = path.stat()
+        except OSError as exc:
+            raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
+        if st.st_size > self.config.ingest.max_file_bytes:
+            limit = self.config.ingest.max_file_bytes
+            raise LimitExceeded(f"file is {st.st_size} bytes, above the limit of {limit}")
+        try:
+            digest = hash_file(path)
+        except OSError as exc:
+            raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
+        try:
+            display = path.relative_to(found.root).as_posix()
+        except ValueError:
+            display = path.name
+        return SourceInfo(str(path), display, digest, st.st_size, st.st_mtime)
+
+    def _context(self) -> IngestContext:
+        clip = self.clip
+        embed = (lambda images: clip.encode_images(images)) if clip is not None else None
+        return IngestContext(config=self.config, embed_images=embed, transcriber=self.transcriber)

@@ -1,0 +1,1 @@
+"""PDFs: opening (passwords, limits), page text with positions, renders, figures, OCR, the ingestor."""

@@ -1,0 +1,1 @@
+"""Grounded generation: evidence pack -> prompt (text + images) -> LLM -> answer with checked citations."""

@@ -1,0 +1,1 @@
+"""Store maintenance without a model: ``verify`` (catalog <-> indexes <-> files) and ``repair``."""
