@@ -45,17 +45,30 @@ class Engine:
     that differs from the store's is a ``StoreMismatchError``.
     """
 
-    def __init__(self, store: Store, config: Config, registry: Registry | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        config: Config,
+        registry: Registry | None = None,
+        *,
+        clip: ImageTextEncoder | None = None,
+        text: TextEncoder | None = None,
+        transcriber: Any = None,
+    ) -> None:
+        """``clip``, ``text`` and ``transcriber`` are models to use instead of building them from the
+        config (share one loaded model between engines, or plug in another implementation of the
+        encoder protocols); each one left None is built from the config on first use."""
         if not isinstance(store, Store) or not isinstance(config, Config):
             raise ArgumentError(f"Engine(store, config) expects a Store and a Config, got "
                                 f"{type(store).__name__} and {type(config).__name__}; use Engine.open(path)")
         self.store = store
         self.config = adopt_store_models(store, config)
         self.registry = registry or default_registry()
-        self._clip: ImageTextEncoder | None = None
-        self._clip_built = False
-        self._text: TextEncoder | None = None
-        self._transcriber: Any = None
+        self._clip: ImageTextEncoder | None = clip
+        self._clip_built = clip is not None
+        self._text: TextEncoder | None = text
+        self._transcriber: Any = transcriber
+        self._injected = {"models.clip": clip is not None, "models.text": text is not None}
         self._lock = threading.Lock()
         self._closed = False
         self.store.check_models(self._wanted_models())
@@ -67,6 +80,10 @@ class Engine:
         config: Config | None = None,
         overrides: Mapping[str, Any] | None = None,
         create: bool = True,
+        *,
+        clip: ImageTextEncoder | None = None,
+        text: TextEncoder | None = None,
+        transcriber: Any = None,
     ) -> "Engine":
         """Open (or create) the store at ``store`` (default ``$MMRAG_STORE`` or ``./mmrag-store``).
 
@@ -84,7 +101,8 @@ class Engine:
             config = config.with_overrides(overrides)
         if store is not None:
             config = config.with_overrides({"store": str(store)})
-        return cls(Store(config.store, config, create=create), config)
+        return cls(Store(config.store, config, create=create), config,
+                   clip=clip, text=text, transcriber=transcriber)
 
     def __enter__(self) -> "Engine":
         return self
@@ -184,7 +202,13 @@ class Engine:
         text = models.text
         if Path(text).expanduser().is_dir():
             text = str(Path(text).expanduser().resolve())
-        return {"models.clip": clip, "models.text": text, "models.clip_texts": models.clip_texts}
+        settings = {"models.clip": clip, "models.text": text, "models.clip_texts": models.clip_texts}
+        # an injected model is recorded only when the config names that same model
+        if self._injected["models.clip"] and (self._clip is None or spec.model_id != self._clip.model_id):
+            del settings["models.clip"]
+        if self._injected["models.text"] and build_text_encoder(models).model_id != self.text_encoder.model_id:
+            del settings["models.text"]
+        return settings
 
     def remove(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, glob: bool = False) -> int:
         """Remove sources by file path or directory (everything under it); returns the count.

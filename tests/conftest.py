@@ -39,21 +39,40 @@ def tiny_clip_spec(cache_dir: Path) -> str:
     return ensure_tiny_clip(cache_dir / "tiny-clip")
 
 
+@pytest.fixture(scope="session")
+def text_encoder():
+    """The packaged MiniLM text encoder, loaded once per session (``Engine(..., text=text_encoder)``)."""
+    from retriever.config import ModelsConfig
+    from retriever.encoders import build_text_encoder
+
+    return build_text_encoder(ModelsConfig())
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_encoder(tiny_clip_spec: str):
+    """The tiny CLIP as an encoder, loaded once per session (``Engine(..., clip=tiny_clip_encoder)``)."""
+    from retriever.config import ModelsConfig
+    from retriever.encoders import build_clip_encoder
+
+    return build_clip_encoder(ModelsConfig(clip=tiny_clip_spec))
+
+
 @pytest.fixture()
-def text_store(tmp_path: Path):
+def text_store(tmp_path: Path, text_encoder):
     """An engine on a fresh store without a CLIP space (text space + BM25 only)."""
     from pipelines.engine import Engine
 
-    eng = Engine.open(tmp_path / "store", overrides={"models.clip": "none"})
+    eng = Engine.open(tmp_path / "store", overrides={"models.clip": "none"}, text=text_encoder)
     yield eng
     eng.close()
 
 
 @pytest.fixture()
-def clip_store(tmp_path: Path, tiny_clip_spec: str):
+def clip_store(tmp_path: Path, tiny_clip_spec: str, tiny_clip_encoder, text_encoder):
     """An engine on a fresh store with the tiny CLIP model."""
     from pipelines.engine import Engine
 
-    eng = Engine.open(tmp_path / "store", overrides={"models.clip": tiny_clip_spec})
+    eng = Engine.open(tmp_path / "store", overrides={"models.clip": tiny_clip_spec},
+                      clip=tiny_clip_encoder, text=text_encoder)
     yield eng
     eng.close()
