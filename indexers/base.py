@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Iterator, Protocol, runtime_checkable
 
 from retriever.config import Config
 from retriever.types import Item, Modality
+
+if TYPE_CHECKING:  # the speech model's module needs PyAV (the 'media' extra); only its type is used here
+    from indexers.av.transcribe import SpeechToText
 
 __all__ = ["Ingestor", "IngestContext", "TextEmbedder", "ImageEmbedder"]
 
@@ -37,7 +40,8 @@ class IngestContext:
     ``embed_images`` gives L2-normalised CLIP image vectors (e.g. to drop
     near-duplicate video keyframes); it is None when no CLIP space exists.
     ``deadline`` is a ``time.monotonic()`` value after which work should stop
-    with ``LimitExceeded`` (None: no limit).
+    with ``LimitExceeded`` (None: no limit). ``transcriber`` is the speech model that
+    audio and video ingestors share (None: they use the process-wide one for the config).
     """
 
     config: Config = field(default_factory=Config)
@@ -45,7 +49,7 @@ class IngestContext:
     notes: list[str] = field(default_factory=list)
     embed_images: ImageEmbedder | None = None
     deadline: float | None = None
-    transcriber: Callable[..., Any] | None = None  # shared speech model (audio/video), lazily built
+    transcriber: SpeechToText | None = None
 
 
 @runtime_checkable

@@ -34,7 +34,7 @@ from PIL import (
 from indexers.base import IngestContext
 from indexers.sniff import HEAD_BYTES, expected_type, sniff_bytes
 from retriever.errors import IngestError, LimitExceeded, MmragError
-from retriever.types import Item, Locator, Modality
+from retriever.types import Item, ItemKind, Locator, Modality
 
 __all__ = ["ImageIngestor", "IMAGE_TYPES", "load_rgb", "to_rgb"]
 
@@ -97,7 +97,7 @@ class ImageIngestor:
         ctx.source_metadata.update(meta)
         yield Item(
             modality=Modality.IMAGE,
-            kind="photo",
+            kind=ItemKind.PHOTO,
             locator=Locator(uri=str(path.resolve())),
             image=image,
             metadata=meta,

@@ -11,13 +11,16 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from indexers.base import IngestContext
 from indexers.chunking import chunk_spans
 from indexers.sniff import HEAD_BYTES, sniff_bytes
-from retriever.errors import ConfigError, IngestError, LimitExceeded
-from retriever.types import Item, Locator, Modality
+from retriever.errors import IngestError, LimitExceeded
+from retriever.types import Item, ItemKind, Locator, Modality
+
+if TYPE_CHECKING:
+    from bs4 import Tag
 
 __all__ = ["TextIngestor", "TEXT_TYPES", "extract_text", "decode_bytes", "html_to_text", "markdown_title"]
 
@@ -65,10 +68,7 @@ class TextIngestor:
         path = Path(path)
         cfg = ctx.config.ingest
         text, title, content_type, encoding = extract_text(path, cfg.max_file_bytes)
-        try:
-            spans = chunk_spans(text, cfg.chunk_chars, cfg.chunk_overlap)
-        except ValueError as exc:
-            raise ConfigError(f"ingest.chunk_chars / ingest.chunk_overlap: {exc}") from None
+        spans = chunk_spans(text, cfg.chunk_chars, cfg.chunk_overlap)  # sizes checked by IngestConfig
         ctx.source_metadata.update(
             {"content_type": content_type, "encoding": encoding, "chars": len(text), "chunks": len(spans)}
         )
@@ -81,7 +81,7 @@ class TextIngestor:
         for i, (a, b) in enumerate(spans):
             yield Item(
                 modality=Modality.TEXT,
-                kind="chunk",
+                kind=ItemKind.CHUNK,
                 locator=Locator(uri=uri, char_start=a, char_end=b),
                 text=text[a:b],
                 metadata={"chunk": i, "title": title},
@@ -247,7 +247,7 @@ def _walk(root: object) -> Iterator[str]:
                 yield str(node) if in_pre else _SPACES.sub(" ", str(node))
         elif isinstance(node, Tag):
             name = (node.name or "").lower()
-            if name in _DROP or node.has_attr("hidden") or _HIDDEN_STYLE.search(node.get("style") or ""):
+            if name in _DROP or node.has_attr("hidden") or _HIDDEN_STYLE.search(_attribute(node, "style")):
                 continue
             if name == "br":
                 yield _Break("\n")
@@ -258,6 +258,14 @@ def _walk(root: object) -> Iterator[str]:
                 stack.append((_Break(brk), in_pre))
             child_pre = in_pre or name in ("pre", "textarea")
             stack.extend((child, child_pre) for child in reversed(node.contents))
+
+
+def _attribute(tag: Tag, name: str) -> str:
+    """A tag's attribute as one string ("" when absent); multi-valued ones (class) are space-joined."""
+    value = tag.get(name)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else " ".join(value)
 
 
 def _join(tokens: Iterator[str]) -> str:

@@ -6,21 +6,31 @@ A single ``str``/``PathLike`` is always one path, never a sequence of characters
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from retriever.errors import ArgumentError, InputNotFound, QueryError
 from retriever.types import Modality
 
+if TYPE_CHECKING:
+    from PIL.Image import Image
+
+    from retriever.catalog import SourceRecord
+
 __all__ = [
-    "path_list",
     "existing_paths",
-    "store_path",
-    "query_text",
+    "item_id_arg",
+    "load_query_image",
+    "matching_sources",
     "modality_list",
-    "where_filter",
+    "path_list",
     "positive_int",
+    "query_text",
+    "store_path",
+    "where_filter",
 ]
 
 PathArg = str | os.PathLike[str]
@@ -126,3 +136,43 @@ def positive_int(value: Any, name: str) -> int | None:
     if value < 1:
         raise QueryError(f"{name} must be >= 1, got {value}")
     return value
+
+
+def item_id_arg(value: Any) -> int:
+    """An item id: an int >= 1, as hits and citations carry it (bools are refused)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ArgumentError(f"an item id must be an integer >= 1 (a hit's or citation's item_id), "
+                            f"got {_describe(value)}")
+    return value
+
+
+def matching_sources(sources: Iterable[SourceRecord], raw: str, glob: bool) -> set[str]:
+    """URIs of the sources that ``raw`` names: the file itself, everything under a directory, or,
+    with ``glob``, a pattern matched against the sources' paths."""
+    absolute = str(Path(raw).expanduser().absolute())
+    prefix = absolute.rstrip(os.sep) + os.sep
+    candidates = list(sources)
+    out = {s.uri for s in candidates if s.uri == absolute or s.uri.startswith(prefix)}
+    if glob:
+        out.update(s.uri for s in candidates
+                   if fnmatch.fnmatch(s.uri, raw) or fnmatch.fnmatch(s.display, raw) or fnmatch.fnmatch(s.uri, absolute))
+    return out
+
+
+def load_query_image(image: Any) -> Image:
+    """A PIL RGB image from a path or an image object, with a clear error for bad input."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, (str, os.PathLike)):
+        raise QueryError(f"image must be a file path or a PIL image, got {type(image).__name__}")
+    path = Path(image)
+    if not path.is_file():
+        raise QueryError(f"query image not found: {image}")
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB", (448, 448))
+            return ImageOps.exif_transpose(img).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise QueryError(f"query image {image} is not a readable image: {exc}") from exc

@@ -12,29 +12,59 @@ readers (threads or processes) can search while one writer ingests.
 
 from __future__ import annotations
 
-import dataclasses
-import fnmatch
 import os
-import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Self
 
 from indexers.ingest.pipeline import IngestPipeline, IngestReport
 from indexers.registry import Registry, default_registry
-from pipelines.arguments import existing_paths, modality_list, path_list, query_text, store_path, where_filter
+from pipelines.arguments import (
+    existing_paths,
+    item_id_arg,
+    load_query_image,
+    matching_sources,
+    modality_list,
+    path_list,
+    query_text,
+    store_path,
+    where_filter,
+)
+from pipelines.engine_models import EngineModels, adopt_store_models
+from pipelines.rag.evidence import Answer
+from retriever.catalog import ItemRecord, SourceRecord
 from retriever.config import Config
-from retriever.encoders import build_clip_encoder, build_text_encoder
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
-from retriever.encoders.spec import parse_clip_spec
 from retriever.errors import ArgumentError, QueryError, StoreError
 from retriever.search import Query, Retriever
 from retriever.store import Store
-from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_TEXT, Hit, Modality
+from retriever.types import Hit, Modality
 
-__all__ = ["Engine"]
+if TYPE_CHECKING:
+    from indexers.av.transcribe import SpeechToText
+    from langchain_core.language_models import BaseChatModel
+
+    from retriever.maintenance.repair import RepairReport
+    from retriever.maintenance.verify import VerifyReport
+
+__all__ = ["Engine", "SourceFile", "load_query_image"]
 
 
-MODEL_KEYS = ("models.clip", "models.text", "models.clip_texts")
+@dataclass(frozen=True)
+class SourceFile:
+    """The evidence file of an item as the catalog records it.
+
+    ``path`` is the catalog's source path, never one a caller gave; ``source`` says what was
+    ingested from it (content hash, size, mtime, type), to check that the file still holds it.
+    """
+
+    item: ItemRecord
+    source: SourceRecord
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source.uri)
 
 
 class Engine:
@@ -53,7 +83,7 @@ class Engine:
         *,
         clip: ImageTextEncoder | None = None,
         text: TextEncoder | None = None,
-        transcriber: Any = None,
+        transcriber: SpeechToText | None = None,
     ) -> None:
         """``clip``, ``text`` and ``transcriber`` are models to use instead of building them from the
         config (share one loaded model between engines, or plug in another implementation of the
@@ -64,14 +94,9 @@ class Engine:
         self.store = store
         self.config = adopt_store_models(store, config)
         self.registry = registry or default_registry()
-        self._clip: ImageTextEncoder | None = clip
-        self._clip_built = clip is not None
-        self._text: TextEncoder | None = text
-        self._transcriber: Any = transcriber
-        self._injected = {"models.clip": clip is not None, "models.text": text is not None}
-        self._lock = threading.Lock()
+        self._models = EngineModels(self.config, clip=clip, text=text, transcriber=transcriber)
         self._closed = False
-        self.store.check_models(self._wanted_models())
+        self.store.check_models(self._models.wanted())
 
     @classmethod
     def open(
@@ -83,28 +108,29 @@ class Engine:
         *,
         clip: ImageTextEncoder | None = None,
         text: TextEncoder | None = None,
-        transcriber: Any = None,
-    ) -> "Engine":
+        transcriber: SpeechToText | None = None,
+    ) -> Engine:
         """Open (or create) the store at ``store`` (default ``$MMRAG_STORE`` or ``./mmrag-store``).
 
         ``create=False`` opens an existing store only (a ``StoreError`` names the missing one).
+        ``clip``, ``text`` and ``transcriber``: loaded models to use (see ``Engine``).
         """
-        store = store_path(store)
+        path = store_path(store)
         if overrides is not None and not isinstance(overrides, Mapping):
             raise ArgumentError(f"Engine.open(overrides=...) expects a mapping such as {{'models.clip': 'none'}}, "
                                 f"got {type(overrides).__name__}: {overrides!r}")
         if config is not None and not isinstance(config, Config):
             raise ArgumentError(f"Engine.open(config=...) expects a Config, got {type(config).__name__}")
         if config is None:
-            config = Config.load(store, overrides)
+            config = Config.load(path, overrides)
         elif overrides:
             config = config.with_overrides(overrides)
-        if store is not None:
-            config = config.with_overrides({"store": str(store)})
+        if path is not None:
+            config = config.with_overrides({"store": path})
         return cls(Store(config.store, config, create=create), config,
                    clip=clip, text=text, transcriber=transcriber)
 
-    def __enter__(self) -> "Engine":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -119,48 +145,30 @@ class Engine:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def root(self) -> Path:
+        """The store's directory."""
+        return self.store.root
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError(f"this Engine on {self.store.root} was closed; open the store again with Engine.open()")
 
     # ---- models -------------------------------------------------------------
-    def _wanted_models(self) -> dict[str, str]:
-        wanted = {SPACE_TEXT: self.text_encoder.model_id}
-        if self.clip_encoder is not None:
-            spaces = CLIP_SPACES if self.config.models.clip_texts else (SPACE_CLIP,)
-            wanted.update(dict.fromkeys(spaces, self.clip_encoder.model_id))
-        return wanted
-
     @property
     def clip_encoder(self) -> ImageTextEncoder | None:
-        with self._lock:
-            if not self._clip_built:
-                self._clip = build_clip_encoder(self.config.models)
-                self._clip_built = True
-            return self._clip
+        """The CLIP model, built on first use; None when ``models.clip`` is ``none``."""
+        return self._models.clip
 
     @property
     def text_encoder(self) -> TextEncoder:
-        with self._lock:
-            if self._text is None:
-                self._text = build_text_encoder(self.config.models)
-            return self._text
+        """The text-space model, built on first use."""
+        return self._models.text
 
     @property
-    def transcriber(self) -> Any:
+    def transcriber(self) -> SpeechToText:
         """The shared speech model (audio/video ingest and audio queries), built on first use."""
-        with self._lock:
-            if self._transcriber is None:
-                from indexers.av.transcribe import Transcriber
-
-                self._transcriber = Transcriber(self.config.audio, device=self.config.models.device)
-            return self._transcriber
-
-    def _transcriber_or_none(self) -> Any:
-        try:
-            return self.transcriber
-        except ImportError:
-            return None
+        return self._models.transcriber
 
     # ---- write side ---------------------------------------------------------
     def ingest(
@@ -183,32 +191,12 @@ class Engine:
         with self.store.write_lock(self.config.ingest.lock_wait_s):
             pipe = IngestPipeline(
                 self.store, self.registry, self.clip_encoder, self.text_encoder, self.config,
-                progress=progress, transcriber=self._transcriber_or_none(),
+                progress=progress, transcriber=self._models.transcriber_or_none(),
             )
             report = pipe.run(items, prune=prune, within=confine)
             if self.store.catalog.counts()["items"]:
-                self.store.record_models(self._model_settings())
+                self.store.record_models(self._models.settings_to_record())
             return report
-
-    def _model_settings(self) -> dict[str, Any]:
-        """The model settings to record in the store: specs that reopen the same models from anywhere."""
-        models = self.config.models
-        spec = parse_clip_spec(models.clip)
-        clip = models.clip.strip()
-        if spec.kind == "file":
-            clip = f"{spec.model_name}@{spec.weights}"
-        elif spec.kind == "config":
-            clip = f"{spec.config}@{spec.weights}"
-        text = models.text
-        if Path(text).expanduser().is_dir():
-            text = str(Path(text).expanduser().resolve())
-        settings = {"models.clip": clip, "models.text": text, "models.clip_texts": models.clip_texts}
-        # an injected model is recorded only when the config names that same model
-        if self._injected["models.clip"] and (self._clip is None or spec.model_id != self._clip.model_id):
-            del settings["models.clip"]
-        if self._injected["models.text"] and build_text_encoder(models).model_id != self.text_encoder.model_id:
-            del settings["models.text"]
-        return settings
 
     def remove(self, paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], *, glob: bool = False) -> int:
         """Remove sources by file path or directory (everything under it); returns the count.
@@ -221,7 +209,7 @@ class Engine:
         uris: set[str] = set()
         sources = self.store.catalog.sources()
         for raw in items:
-            uris.update(_matching_sources(sources, os.fspath(raw), glob))
+            uris.update(matching_sources(sources, os.fspath(raw), glob))
         with self.store.write_lock(self.config.ingest.lock_wait_s):
             removed = self.store.catalog.remove_sources(sorted(uris))
             self.store.save()
@@ -248,7 +236,9 @@ class Engine:
 
         ``image`` is a path or a PIL image; ``audio`` is a path whose speech is
         transcribed and used as query text. ``where`` filters on ``source`` (glob),
-        ``kind``, ``modality`` or any item metadata key (equality).
+        ``kind``, ``modality`` or any item metadata key (equality). Each hit's ``scores``
+        and ``ranks`` are keyed by run name (``text``, ``bm25``, ``clip_text``, ``clip_image``):
+        the raw similarity and the 1-based rank of the item in each run that found it.
         """
         self._check_open()
         text = query_text(text)
@@ -266,8 +256,12 @@ class Engine:
             mmr=mmr,
             runs=tuple(runs) if runs else None,
         )
+        return self._consistent_search(query)
+
+    def _consistent_search(self, query: Query) -> list[Hit]:
+        """The hits of ``query`` read from one catalog state: searched again if a commit landed meanwhile."""
         retriever = self.retriever()
-        for _attempt in range(5):  # one catalog state per search: retry if a commit landed mid-search
+        for _attempt in range(5):
             head = self.store.head()
             hits = retriever.search(query)
             if self.store.head() == head:
@@ -285,7 +279,17 @@ class Engine:
             raise QueryError(f"no speech was recognised in the audio query {audio}")
         return " ".join(t for t in (text, spoken) if t)
 
-    def ask(self, question: str, **kwargs: Any) -> Any:
+    def ask(
+        self,
+        question: str,
+        *,
+        k: int = 8,
+        where: Mapping[str, Any] | None = None,
+        modalities: Sequence[str] | None = None,
+        llm: str | BaseChatModel | None = None,
+        prompt: str | None = None,
+        on_token: Callable[[str], None] | None = None,
+    ) -> Answer:
         """Retrieve evidence and answer with checked citations (see ``pipelines.rag.answer.ask``)."""
         from pipelines.rag.answer import ask
 
@@ -293,25 +297,84 @@ class Engine:
         if not isinstance(question, str):
             raise QueryError(f"the question must be a str, got {type(question).__name__}: {question!r:.80}")
         query_text(question)
-        return ask(self, question, text_encoder=self.text_encoder, config=self.config.llm, **kwargs)
+        return ask(self, question, text_encoder=self.text_encoder, config=self.config.llm, k=k, where=where,
+                   modalities=modalities, llm=llm, prompt=prompt, on_token=on_token)
+
+    # ---- the evidence -------------------------------------------------------
+    def item(self, item_id: int) -> ItemRecord | None:
+        """The catalog record of item ``item_id`` (a hit's or citation's ``item_id``); None when the
+        store has no such item."""
+        return self.items([item_id]).get(item_id)
+
+    def items(self, item_ids: Iterable[int] | None = None) -> dict[int, ItemRecord]:
+        """The catalog records of ``item_ids`` (every item of the store when None), by id; ids the
+        store does not have are left out."""
+        self._check_open()
+        catalog = self.store.catalog
+        ids = [int(i) for i in catalog.item_ids()] if item_ids is None else [item_id_arg(i) for i in item_ids]
+        return catalog.items(ids) if ids else {}
+
+    def item_was_removed(self, item_id: int) -> bool:
+        """Whether ``item_id`` names an item the store had and no longer has (its source changed
+        or was removed). Ids are never reused: a missing id below the highest one was removed."""
+        self._check_open()
+        item_id = item_id_arg(item_id)
+        return item_id not in self.items([item_id]) and item_id < self.store.catalog.max_item_id()
+
+    def source_hashes(self, uris: Iterable[str]) -> dict[str, str | None]:
+        """The content hash of each of ``uris`` that is a source of the store: the version of its
+        evidence, which changes when the file is re-ingested with other content."""
+        self._check_open()
+        return self.store.catalog.source_hashes(uris)
+
+    def source_file(self, item_id: int) -> SourceFile | None:
+        """The evidence file of item ``item_id``: its path and what was ingested from it; None when
+        the store has no such item or no longer has its source."""
+        item = self.item(item_id)
+        source = self.store.catalog.get_source(item.source_uri) if item is not None else None
+        if item is None or source is None:
+            return None
+        return SourceFile(item, source)
+
+    def thumbnail(self, item_id: int) -> Path | None:
+        """The JPEG thumbnail of a visual item: a path inside the store's thumbnail folder (the
+        catalog's path is checked, not trusted); None when the item has none or its path leads
+        outside that folder. The file itself may be missing (``mmrag verify`` reports it)."""
+        item = self.item(item_id)
+        if item is None or not item.thumbnail:
+            return None
+        folder = self.store.thumb_dir.resolve()
+        path = (self.store.root / item.thumbnail).resolve()
+        return path if path.is_relative_to(folder) and path != folder else None
 
     # ---- maintenance --------------------------------------------------------
-    def verify(self, check_files: bool = True, hash_all: bool = False) -> Any:
-        """Check catalog <-> indexes <-> files, read-only (a ``retriever.maintenance.verify.VerifyReport``)."""
+    def verify(self, check_files: bool = True, hash_all: bool = False) -> VerifyReport:
+        """Check catalog <-> indexes <-> files, read-only."""
         from retriever.maintenance.verify import verify
 
         self._check_open()
         return verify(self.store, check_files=check_files, hash_all=hash_all)
 
-    def repair(self, check_files: bool = True) -> Any:
-        """Rebuild the indexes from the catalog's vectors and fix what verify found (a ``RepairReport``)."""
+    def repair(self, check_files: bool = True) -> RepairReport:
+        """Rebuild the indexes from the catalog's vectors and fix what verify found."""
         from retriever.maintenance.repair import repair
 
         self._check_open()
         with self.store.write_lock(self.config.ingest.lock_wait_s):
             return repair(self.store, check_files=check_files)
 
+    def counts(self) -> dict[str, Any]:
+        """What the catalog holds: ``sources``, ``items`` and their breakdowns (no index is read)."""
+        self._check_open()
+        return self.store.catalog.counts()
+
+    def space_models(self) -> dict[str, str]:
+        """The model id each dense space of the store was built with, by space name."""
+        self._check_open()
+        return {name: info.model_id for name, info in self.store.spaces().items()}
+
     def stats(self) -> dict[str, Any]:
+        """What the store holds (the JSON of ``mmrag stats --json``)."""
         self._check_open()
         counts = self.store.catalog.counts()
         failed = [{"uri": s.uri, "reason": s.error} for s in self.store.catalog.sources(status="failed")]
@@ -319,50 +382,14 @@ class Engine:
         return {
             "store": str(self.store.root),
             "catalog": self.store.catalog.safe_url,
-            "spaces": {
-                name: {"model": info.model_id, "dim": info.dim, "vectors": len(self.store.space(name) or []),
-                       "index": getattr((self.store.space(name) or None) and self.store.space(name).index, "kind", None)}
-                for name, info in self.store.spaces().items()
-            },
+            "spaces": {name: self._space_stats(name, info.model_id, info.dim)
+                       for name, info in self.store.spaces().items()},
             "bm25_docs": len(self.store.bm25()),
             **counts,
             "failed": failed,
         }
 
-
-def adopt_store_models(store: Store, config: Config) -> Config:
-    """``config`` with the store's recorded model settings wherever the user set none on purpose."""
-    recorded = {k: v for k, v in store.recorded_models().items() if k in MODEL_KEYS and not config.is_explicit(k)}
-    if not recorded:
-        return config
-    return dataclasses.replace(config.with_overrides(recorded), explicit=config.explicit)
-
-
-def _matching_sources(sources: Sequence[Any], raw: str, glob: bool) -> set[str]:
-    """URIs of the sources that ``raw`` names: the file itself, everything under a directory, or a glob."""
-    absolute = str(Path(raw).expanduser().absolute())
-    prefix = absolute.rstrip(os.sep) + os.sep
-    out = {s.uri for s in sources if s.uri == absolute or s.uri.startswith(prefix)}
-    if glob:
-        out.update(s.uri for s in sources
-                   if fnmatch.fnmatch(s.uri, raw) or fnmatch.fnmatch(s.display, raw) or fnmatch.fnmatch(s.uri, absolute))
-    return out
-
-
-def load_query_image(image: Any) -> Any:
-    """A PIL RGB image from a path or an image object, with a clear error for bad input."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if not isinstance(image, (str, os.PathLike)):
-        raise QueryError(f"image must be a file path or a PIL image, got {type(image).__name__}")
-    path = Path(image)
-    if not path.is_file():
-        raise QueryError(f"query image not found: {image}")
-    try:
-        with Image.open(path) as img:
-            img.draft("RGB", (448, 448))
-            return ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise QueryError(f"query image {image} is not a readable image: {exc}") from exc
+    def _space_stats(self, name: str, model_id: str, dim: int) -> dict[str, Any]:
+        space = self.store.space(name)
+        return {"model": model_id, "dim": dim, "vectors": len(space) if space is not None else 0,
+                "index": getattr(space.index, "kind", None) if space else None}

@@ -10,6 +10,7 @@ result and returns a spec string that loads through the normal ``ClipEncoder`` p
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -30,6 +31,7 @@ __all__ = [
     "DEMO_MODEL_LABEL",
     "SHAPES",
     "TINY_CLIP_CONFIG",
+    "TINY_CLIP_STEPS",
     "ShapeSample",
     "ensure_tiny_clip",
     "generate",
@@ -177,18 +179,33 @@ TINY_CLIP_CONFIG: dict[str, Any] = {
     "vision_cfg": {"image_size": 48, "layers": 3, "width": 64, "head_width": 32, "patch_size": 8, "mlp_ratio": 2.0},
     "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2, "mlp_ratio": 2.0},
 }
-_TRAIN = {"per_pair": 1, "pool": 2040, "lr": 2e-3, "weight_decay": 0.05, "warmup": 30, "image_px": 128}
+TINY_CLIP_STEPS = 1500
 _NAME = "tiny-clip"
 
 
+@dataclass(frozen=True)
+class _Training:
+    """How the tiny CLIP is trained (part of the cached model's fingerprint)."""
+
+    per_pair: int = 1  # samples of each colour x shape pair in a batch
+    pool: int = 2040  # pre-rendered training images
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup: int = 30  # steps
+    image_px: int = 128  # rendered size, before preprocessing to 48x48
+
+
+_TRAIN = _Training()
+
+
 def _fingerprint(steps: int, seed: int) -> str:
-    blob = json.dumps({"model": TINY_CLIP_CONFIG, "train": _TRAIN, "steps": steps, "seed": seed,
+    blob = json.dumps({"model": TINY_CLIP_CONFIG, "train": dataclasses.asdict(_TRAIN), "steps": steps, "seed": seed,
                        "data": DATASET_VERSION}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def ensure_tiny_clip(
-    cache_dir: Path, steps: int = 1500, seed: int = 0, progress: Callable[[int, int], None] | None = None
+    cache_dir: Path, steps: int = TINY_CLIP_STEPS, seed: int = 0, progress: Callable[[int, int], None] | None = None
 ) -> str:
     """Train (or reuse) the tiny CLIP in ``cache_dir``; return its ClipEncoder spec string.
 
@@ -254,7 +271,7 @@ def _save_weights(path: Path, state: dict[str, Any], metadata: dict[str, str]) -
 
 
 def train_tiny_clip(
-    steps: int = 1500,
+    steps: int = TINY_CLIP_STEPS,
     seed: int = 0,
     log: Any = None,
     threads: int = 1,
@@ -309,8 +326,8 @@ def _train(steps: int, seed: int, log: Any, progress: Callable[[int, int], None]
     model.token_embedding.sparse = True
     table = model.token_embedding.weight
     dense = [p for p in model.parameters() if p is not table]
-    opts = [torch.optim.AdamW(dense, lr=_TRAIN["lr"], weight_decay=_TRAIN["weight_decay"]),
-            torch.optim.SparseAdam([table], lr=_TRAIN["lr"])]
+    opts = [torch.optim.AdamW(dense, lr=_TRAIN.lr, weight_decay=_TRAIN.weight_decay),
+            torch.optim.SparseAdam([table], lr=_TRAIN.lr)]
     loss_fn = open_clip.ClipLoss()
     gen = torch.Generator().manual_seed(seed)
     for step in range(steps):
@@ -342,22 +359,22 @@ def _balanced_batch(pool: int, gen: Any) -> Any:
     import torch
 
     pairs = len(COLOURS) * len(SHAPES)
-    rounds = torch.randint(0, pool // pairs, (_TRAIN["per_pair"], pairs), generator=gen)
+    rounds = torch.randint(0, pool // pairs, (_TRAIN.per_pair, pairs), generator=gen)
     return (rounds * pairs + torch.arange(pairs)).flatten()
 
 
 def _lr(step: int, steps: int) -> float:
-    warm = _TRAIN["warmup"]
+    warm = _TRAIN.warmup
     if step < warm:
-        return _TRAIN["lr"] * (step + 1) / warm
-    return _TRAIN["lr"] * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
+        return _TRAIN.lr * (step + 1) / warm
+    return _TRAIN.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, steps - warm)))
 
 
 def _training_pool(seed: int, preprocess: Any, tokenizer: Any) -> tuple[Any, Any]:
     """Preprocessed images (n, 3, 48, 48) and tokenised caption variants (n, k, ctx)."""
     import torch
 
-    samples = generate(_TRAIN["pool"], seed=seed * 7919 + 17, size=_TRAIN["image_px"], balanced=True)
+    samples = generate(_TRAIN.pool, seed=seed * 7919 + 17, size=_TRAIN.image_px, balanced=True)
     images = torch.stack([preprocess(s.image) for s in samples])
     variants = [s.captions() for s in samples]
     flat = tokenizer([c for caps in variants for c in caps])

@@ -16,6 +16,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from typing import TypeVar
 from dataclasses import dataclass
 
 __all__ = [
@@ -234,10 +235,13 @@ def corpus_wer(pairs: Iterable[tuple[str, str]], normalize: bool = True) -> floa
 # ---- retrieval ---------------------------------------------------------------------
 
 
-def dedupe_ranking(ranked: Iterable[Hashable]) -> list[Hashable]:
+K = TypeVar("K", bound=Hashable)  # a document id of any hashable type
+
+
+def dedupe_ranking(ranked: Iterable[K]) -> list[K]:
     """Keep each id at its first (best) position: chunk hits -> document ranking."""
-    seen: set[Hashable] = set()
-    out: list[Hashable] = []
+    seen: set[K] = set()
+    out: list[K] = []
     for doc in ranked:
         if doc not in seen:
             seen.add(doc)
@@ -250,7 +254,7 @@ def _check_k(k: int) -> None:
         raise ValueError(f"cut-off k must be >= 1, got {k}")
 
 
-def ndcg_at_k(ranked: Sequence[Hashable], relevant: Mapping[Hashable, float], k: int) -> float:
+def ndcg_at_k(ranked: Sequence[K], relevant: Mapping[K, float], k: int) -> float:
     """Normalised DCG at ``k``: gain ``rel`` at 1-based rank ``i`` discounted by ``log2(i + 1)``.
 
     ``ranked`` should hold distinct ids (see ``dedupe_ranking``); 0.0 when nothing is relevant.
@@ -262,7 +266,7 @@ def ndcg_at_k(ranked: Sequence[Hashable], relevant: Mapping[Hashable, float], k:
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def recall_at_k(ranked: Sequence[Hashable], relevant: Mapping[Hashable, float], k: int) -> float:
+def recall_at_k(ranked: Sequence[K], relevant: Mapping[K, float], k: int) -> float:
     """Share of the relevant ids (relevance > 0) found in the top ``k``."""
     _check_k(k)
     wanted = {doc for doc, r in relevant.items() if r > 0}
@@ -271,7 +275,7 @@ def recall_at_k(ranked: Sequence[Hashable], relevant: Mapping[Hashable, float], 
     return len(wanted.intersection(ranked[:k])) / len(wanted)
 
 
-def mrr_at_k(ranked: Sequence[Hashable], relevant: Mapping[Hashable, float], k: int) -> float:
+def mrr_at_k(ranked: Sequence[K], relevant: Mapping[K, float], k: int) -> float:
     """Reciprocal rank of the first relevant id within the top ``k`` (0.0 if none)."""
     _check_k(k)
     for i, doc in enumerate(ranked[:k]):
@@ -287,8 +291,8 @@ def hit_at_k(ranked: Sequence[Hashable], targets: Iterable[Hashable], k: int) ->
 
 
 def mean_retrieval_scores(
-    rankings: Mapping[str, Sequence[Hashable]],
-    qrels: Mapping[str, Mapping[Hashable, float]],
+    rankings: Mapping[str, Sequence[K]],
+    qrels: Mapping[str, Mapping[K, float]],
     ndcg_k: int = 10,
     recall_k: int = 100,
     mrr_k: int = 10,

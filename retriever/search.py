@@ -14,8 +14,9 @@ import fnmatch
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -25,16 +26,16 @@ from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
 from retriever.store import Store
-from retriever.types import CLIP_SPACES, SPACE_BM25, SPACE_CLIP, SPACE_TEXT, Hit, Modality
+from retriever.types import CLIP_SPACES, Hit, ItemKind, Modality, RunName, Space
 
 __all__ = ["RUN_SPACES", "Query", "Retriever", "Run", "rrf_fuse"]
 
-# run name -> the spaces it searches (with search.clip_text_scope="all" the clip_text run reads both CLIP spaces)
-RUN_SPACES = {
-    "clip_text": (SPACE_CLIP,),
-    "clip_image": CLIP_SPACES,
-    "text": (SPACE_TEXT,),
-    "bm25": (SPACE_BM25,),
+# run -> the spaces it searches (with search.clip_text_scope="all" the clip_text run reads both CLIP spaces)
+RUN_SPACES: dict[RunName, tuple[Space, ...]] = {
+    RunName.CLIP_TEXT: (Space.CLIP,),
+    RunName.CLIP_IMAGE: CLIP_SPACES,
+    RunName.TEXT: (Space.TEXT,),
+    RunName.BM25: (Space.BM25,),
 }
 
 _THREADS_LOCK = threading.Lock()
@@ -184,30 +185,40 @@ class Retriever:
         """Each run's top ``depth`` candidates (run name -> ``Run``), before fusion."""
         timer = _Timer(timings)
         wanted = set(query.runs) if query.runs else set(RUN_SPACES)
-        runs: dict[str, Run] = {}
         text = query.text.strip() if query.text else None
         if query.image is not None and self.clip is None:
             raise QueryError("an image query needs a CLIP space, and this store has none")
-        if text and "clip_text" in wanted and self.clip is not None:
-            with timer("encode.clip_text"), _one_thread():
-                vec = self.clip.encode_texts([text])
-            with timer("search.clip_text"):
-                runs["clip_text"] = self._clip_text(vec, depth)
-        if query.image is not None and "clip_image" in wanted and self.clip is not None:
-            with timer("encode.clip_image"), _one_thread():
-                vec = self.clip.encode_images([query.image])
-            with timer("search.clip_image"):
-                runs["clip_image"] = self._dense(CLIP_SPACES, vec, depth)
-        if text and "text" in wanted and self.text is not None:
-            with timer("encode.text"), _one_thread():
-                vec = self.text.encode_texts([text])
-            with timer("search.text"):
-                runs["text"] = self._dense((SPACE_TEXT,), vec, depth)
-        if text and "bm25" in wanted:
+        runs: dict[str, Run] = {}
+        for name in RUN_SPACES:
+            run = self._run(name, text, query.image, depth, timer) if name in wanted else None
+            if run is not None:
+                runs[name] = run
+        return {n: r for n, r in runs.items() if r.ids} or runs
+
+    def _run(self, name: RunName, text: str | None, image: Any, depth: int, timer: _Timer) -> Run | None:
+        """One run's candidates; None when the query or the store has nothing for it."""
+        if name == RunName.BM25:
+            if not text:
+                return None
             with timer("search.bm25"):
                 scores, ids = self.store.bm25().search(text, depth)
-            runs["bm25"] = Run([int(i) for i in ids], {int(i): float(s) for i, s in zip(ids, scores)})
-        return {n: r for n, r in runs.items() if r.ids} or runs
+            return Run([int(i) for i in ids], {int(i): float(s) for i, s in zip(ids, scores)})
+        encode: Callable[[], np.ndarray]
+        if name == RunName.CLIP_IMAGE:
+            if self.clip is None or image is None:
+                return None
+            encode = partial(self.clip.encode_images, [image])
+        else:
+            encoder = self.text if name == RunName.TEXT else self.clip
+            if encoder is None or not text:
+                return None
+            encode = partial(encoder.encode_texts, [text])
+        with timer(f"encode.{name}"), _one_thread():
+            vec = encode()
+        with timer(f"search.{name}"):
+            if name == RunName.CLIP_TEXT:
+                return self._clip_text(vec, depth)
+            return self._dense(RUN_SPACES[name], vec, depth)
 
     def _clip_text(self, vec: np.ndarray, depth: int) -> Run:
         """The CLIP text-tower run: over visual items unless ``search.clip_text_scope`` is "all".
@@ -215,7 +226,7 @@ class Retriever:
         A text item's CLIP vector comes from CLIP's 77-token text tower, a much weaker text
         matcher than the text space and BM25 (and, through the modality gap, text-text
         similarities outrank text-image ones, so text chunks would crowd images out of this
-        run). Measured on SciFact + synthetic shapes with the tiny CLIP (see SearchConfig):
+        run). Measured on SciFact + synthetic shapes with the tiny CLIP (docs/tuning.md):
         over all items this run cost the text queries up to 0.09 nDCG@10 and still missed the
         images; over visual items it leaves text queries unchanged and finds the images.
         Visual items have their own index (``clip``), so this run is exact in what it covers
@@ -223,7 +234,7 @@ class Retriever:
         """
         if self.config.clip_text_scope == "all":
             return self._dense(CLIP_SPACES, vec, depth)
-        return self._dense((SPACE_CLIP,), vec, depth)
+        return self._dense((Space.CLIP,), vec, depth)
 
     def fuse(self, runs: Mapping[str, Run]) -> list[tuple[int, float]]:
         """Weighted RRF of the runs with this retriever's settings, best first.
@@ -235,14 +246,14 @@ class Retriever:
         with much text about the same things no image reaches the top ten. At balance 1 the
         best item of each modality would score alike, which puts some image near the top of
         every query (SciFact in a mixed store fell from 0.916 to 0.556 nDCG@10); the default
-        0.6 (measured, see SearchConfig) brings the images in without that cost. When every
+        0.6 (measured, docs/tuning.md) brings the images in without that cost. When every
         item could have been found by every run (a text-only store) the ranking is plain RRF.
         Text-space candidates below ``search.min_text_similarity`` are left out (``_counted``).
         """
         weights = {name: self.config.weight(name) for name in runs}
         fused = rrf_fuse({n: self._counted(n, r) for n, r in runs.items()}, weights, self.config.rrf_k)
         found = {n for n, r in runs.items() if r.ids}
-        coverage_differs = "clip_text" in found and bool(found & {"text", "bm25"})
+        coverage_differs = RunName.CLIP_TEXT in found and bool(found & {RunName.TEXT, RunName.BM25})
         if self.config.modality_balance <= 0 or self.config.clip_text_scope == "all" or not coverage_differs:
             return fused
         return self._fair(fused, runs, weights)
@@ -254,7 +265,7 @@ class Retriever:
         text is about. The run still counts as having searched the text items (``_fair``).
         """
         floor = self.config.min_text_similarity
-        if name != "text" or floor <= -1.0:
+        if name != RunName.TEXT or floor <= -1.0:
             return run.ids
         return [i for i in run.ids if run.scores[i] >= floor]
 
@@ -262,8 +273,8 @@ class Retriever:
         self, fused: list[tuple[int, float]], runs: Mapping[str, Run], weights: Mapping[str, float]
     ) -> list[tuple[int, float]]:
         """Scale each fused score by (total weight / weight of the runs that cover the item) ** balance."""
-        members = self.store.catalog.spaces_of([i for i, _ in fused], (SPACE_CLIP, SPACE_TEXT))
-        visual, textual = members[SPACE_CLIP], members[SPACE_TEXT]
+        members = self.store.catalog.spaces_of([i for i, _ in fused], (Space.CLIP, Space.TEXT))
+        visual, textual = members[Space.CLIP], members[Space.TEXT]
         live = {n: weights[n] for n, r in runs.items() if r.ids and weights[n] > 0}
         balance = self.config.modality_balance
         total = sum(live.values())
@@ -271,9 +282,9 @@ class Retriever:
         for item_id, score in fused:
             covered = sum(
                 w for n, w in live.items()
-                if n == "clip_image"
-                or (n == "clip_text" and item_id in visual)
-                or (n in ("text", "bm25") and item_id in textual)
+                if n == RunName.CLIP_IMAGE
+                or (n == RunName.CLIP_TEXT and item_id in visual)
+                or (n in (RunName.TEXT, RunName.BM25) and item_id in textual)
             )
             out.append((item_id, score * (total / covered) ** balance if covered > 0 else score))
         return sorted(out, key=lambda kv: (-kv[1], kv[0]))
@@ -314,7 +325,7 @@ class Retriever:
     def _mmr(self, kept: list[tuple[int, float]], k: int) -> list[tuple[int, float]]:
         """Maximal marginal relevance on CLIP (else text) vectors: drop near-duplicates."""
         lam = self.config.mmr_lambda
-        spaces = CLIP_SPACES if self.store.space(SPACE_CLIP) is not None else (SPACE_TEXT,)
+        spaces = CLIP_SPACES if self.store.space(Space.CLIP) is not None else (Space.TEXT,)
         vec_of: dict[int, np.ndarray] = {}
         for space in spaces:
             ids, vecs = self.store.catalog.vectors(space, [i for i, _ in kept])
@@ -339,7 +350,7 @@ class Retriever:
         scores = {n: r.scores[rec.id] for n, r in runs.items() if rec.id in r.scores}
         ranks = {n: r.ids.index(rec.id) + 1 for n, r in runs.items() if rec.id in r.scores}
         image = self.store.resolve_media(rec.preview)
-        if image is None and rec.kind == "photo":
+        if image is None and rec.kind == ItemKind.PHOTO:
             image = rec.source_uri
         return Hit(
             item_id=rec.id,

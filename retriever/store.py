@@ -18,23 +18,24 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
-import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
-
-import portalocker
+from typing import Any
 
 from retriever.catalog import Catalog
 from retriever.config import Config
-from retriever.errors import StoreError, StoreLockedError, StoreMismatchError
+from retriever.errors import StoreError, StoreMismatchError
+from retriever.index.atomic import atomic_write_bytes
+from retriever.index.base import IndexTarget
+from retriever.index.registry import backend_for
 from retriever.index.spaces import DenseSpace, LexicalSpace, catalog_head
-from retriever.index.faiss_index import atomic_write_bytes
+from retriever.lock import hold_write_lock
+from retriever.types import Space
 
-__all__ = ["Store", "SpaceInfo", "FORMAT_VERSION"]
+__all__ = ["FORMAT_VERSION", "SpaceInfo", "Store"]
 
 FORMAT_VERSION = 2
 # 1 -> 2: the text-tower CLIP vectors of text items moved from space "clip" to "clip_texts"
@@ -71,12 +72,13 @@ class Store:
         self.thumb_dir = self.root / "media" / "thumbs"
         self.preview_dir = self.root / "media" / "previews"
         self.manifest_path = self.root / "manifest.json"
+        self.lock_path = self.root / "write.lock"
         self._manifest_sig: tuple[int, int] | None = None
         self.manifest = self._read_manifest()
         self.catalog = Catalog.for_store(self.root, config.catalog_url)
         self.catalog.on_media_deleted = self._delete_media
         self.dense: dict[str, DenseSpace] = {}
-        self.lexical = LexicalSpace(self.index_dir, self.catalog)
+        self.lexical = LexicalSpace(self.index_dir, self.catalog, config.index.bm25_refresh_s)
         self._lexical_open = False
         self._lock = threading.RLock()
         if self.manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
@@ -104,14 +106,9 @@ class Store:
         """Version 1 kept text items' CLIP vectors in "clip" beside the images: move them to "clip_texts".
 
         Idempotent and crash-safe: the catalog moves in one transaction, the stale "clip" index
-        pointer goes next (both CLIP indexes are then rebuilt from the durable vectors, nothing
-        is re-encoded), and the manifest is written last, so an interrupted upgrade reruns.
+        goes next (both CLIP indexes are then rebuilt from the durable vectors, nothing is
+        re-encoded), and the manifest is written last, so an interrupted upgrade reruns.
         """
-        from sqlalchemy import select, update
-
-        from retriever.catalog.models import ItemRow, VectorRow
-        from retriever.types import SPACE_CLIP, SPACE_CLIP_TEXTS
-
         if self.catalog.read_only:
             raise StoreError(
                 f"store {self.root} has format version 1 and this mmrag reads version {FORMAT_VERSION}; it is "
@@ -122,22 +119,15 @@ class Store:
             self.manifest = self._read_manifest()  # another process may have upgraded it meanwhile
             if self.manifest.get("format_version") == FORMAT_VERSION:
                 return
-            text_items = select(ItemRow.id).where(ItemRow.thumbnail.is_(None))
-            with self.catalog.transaction() as s:
-                s.execute(
-                    update(VectorRow)
-                    .where(VectorRow.space == SPACE_CLIP, VectorRow.item_id.in_(text_items))
-                    .values(space=SPACE_CLIP_TEXTS)
-                )
-            with self._writing("the indexes"):
-                (self.index_dir / f"{SPACE_CLIP}.json").unlink(missing_ok=True)
+            self.catalog.move_text_item_vectors(Space.CLIP, Space.CLIP_TEXTS)
+            self._discard_index(Space.CLIP)
             spaces = self.manifest.get("spaces", {})
-            if SPACE_CLIP in spaces:
-                spaces[SPACE_CLIP_TEXTS] = dict(spaces[SPACE_CLIP])
+            if Space.CLIP in spaces:
+                spaces[Space.CLIP_TEXTS] = dict(spaces[Space.CLIP])
             self.manifest["format_version"] = FORMAT_VERSION
             self._write_manifest()
             with self._writing("the indexes"):
-                for name in (SPACE_CLIP, SPACE_CLIP_TEXTS):
+                for name in (Space.CLIP, Space.CLIP_TEXTS):
                     space = self.space(name)  # rebuilt from the catalog: no saved index any more
                     if space is not None:
                         space.save()
@@ -181,8 +171,8 @@ class Store:
         problems += [f"space '{n}' ({wanted[n]!r}) is new but the store already has items" for n in wanted if n not in have]
         if problems:
             hint = ""
-            if "clip_texts" in have.keys() ^ wanted.keys():
-                hint = f" (models.clip_texts was {'true' if 'clip_texts' in have else 'false'} when it was built)"
+            if Space.CLIP_TEXTS in have.keys() ^ wanted.keys():
+                hint = f" (models.clip_texts was {'true' if Space.CLIP_TEXTS in have else 'false'} when it was built)"
             raise StoreMismatchError(
                 f"store {self.root} does not match the requested models: " + "; ".join(problems) + hint
                 + ". Leave the model settings unset to use the store's own models (see `mmrag stats`), "
@@ -217,10 +207,14 @@ class Store:
         """Forget an empty space (its model changes before anything was stored in it)."""
         self.manifest.get("spaces", {}).pop(name, None)
         self.manifest.pop("models", None)
-        old = self.dense.pop(name, None)
+        self.dense.pop(name, None)
+        self._discard_index(name)
+
+    def _discard_index(self, name: str) -> None:
+        """Forget the persisted index of dense space ``name`` (rebuilt from the catalog when next opened)."""
+        target = IndexTarget(name, 0, self.index_dir, self.config.index)
         with self._writing("the indexes"):
-            (self.index_dir / f"{name}.json").unlink(missing_ok=True)
-        del old
+            backend_for(self.config.index).discard(target)
 
     def recorded_models(self) -> dict[str, Any]:
         """The model settings the store was built with (``models.clip``, ``models.text``, ``models.clip_texts``).
@@ -233,16 +227,16 @@ class Store:
         if models:
             return models
         spaces = self.spaces()
-        text = spaces.get("text")
+        text = spaces.get(Space.TEXT)
         if text is not None and text.model_id.count(":") == 1 and text.model_id.startswith("sentence-transformers:"):
             models["models.text"] = text.model_id.split(":", 1)[1]
-        clip = spaces.get("clip")
+        clip = spaces.get(Space.CLIP)
         if clip is not None and clip.model_id.startswith("open_clip:") and "=" not in clip.model_id:
             name, _, tag = clip.model_id.split(":", 1)[1].partition("@")
             if tag and "/" not in tag and ":" not in tag:
                 models["models.clip"] = f"{name}@{tag}"
-        if spaces and "text" in spaces:
-            models["models.clip_texts"] = "clip_texts" in spaces
+        if spaces and Space.TEXT in spaces:
+            models["models.clip_texts"] = Space.CLIP_TEXTS in spaces
             if clip is None:
                 models["models.clip"] = "none"
         return models
@@ -330,40 +324,8 @@ class Store:
 
         ``wait_s`` > 0 waits that long for another writer to finish; 0 fails at once.
         """
-        path = self.root / "write.lock"
-        try:
-            fh = open(path, "a+")
-        except OSError as exc:
-            raise StoreError(f"cannot take the write lock of store {self.root}: {exc.strerror or exc}") from exc
-        try:
-            deadline = time.monotonic() + max(0.0, wait_s)
-            while True:
-                try:
-                    portalocker.lock(fh, portalocker.LOCK_EX | portalocker.LOCK_NB)
-                    break
-                except portalocker.LockException:
-                    if time.monotonic() >= deadline:
-                        fh.seek(0)
-                        holder = fh.read().strip() or "another process"
-                        if holder == f"pid {os.getpid()}":
-                            holder = f"another Engine or Store in this same process (pid {os.getpid()})"
-                        raise StoreLockedError(
-                            f"store {self.root} is being written by {holder}; wait for it to finish "
-                            f"(or set ingest.lock_wait_s to wait)"
-                        ) from None
-                    time.sleep(0.1)
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()}")
-            fh.flush()
+        with hold_write_lock(self.lock_path, self.root, wait_s):
             yield
-        finally:
-            with contextlib.suppress(Exception):
-                fh.seek(0)
-                fh.truncate()
-                fh.flush()
-                portalocker.unlock(fh)
-            fh.close()
 
     # ---- media --------------------------------------------------------------
     def media_path(self, kind: str, item_id: int) -> Path:

@@ -11,15 +11,23 @@ from __future__ import annotations
 import enum
 import math
 import os
+from collections.abc import Collection
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Mapping
 
 __all__ = [
     "Modality",
+    "Space",
+    "RunName",
+    "ItemKind",
+    "SourceStatus",
+    "RunStatus",
     "Locator",
     "Item",
     "Hit",
     "format_timestamp",
+    "spaces_for",
+    "store_spaces",
     "SPACE_CLIP",
     "SPACE_CLIP_TEXTS",
     "SPACE_TEXT",
@@ -29,19 +37,98 @@ __all__ = [
     "ALL_SPACES",
 ]
 
-# Names of the retrieval spaces. Dense spaces hold vectors; BM25 is lexical.
-# The CLIP model fills two spaces with their own indexes: ``clip`` holds the image-tower
-# vectors of visual items (photos, page renders, figures, keyframes) and ``clip_texts``
-# the text-tower vectors of text items. A text query's CLIP run searches ``clip`` alone:
-# through CLIP's modality gap any text chunk is nearer a text query than the right image
-# is, so in one shared index a few hundred chunks would hide every image from that run.
-SPACE_CLIP = "clip"
-SPACE_CLIP_TEXTS = "clip_texts"
-SPACE_TEXT = "text"
-SPACE_BM25 = "bm25"
-CLIP_SPACES = (SPACE_CLIP, SPACE_CLIP_TEXTS)
-DENSE_SPACES = (SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT)
-ALL_SPACES = (*DENSE_SPACES, SPACE_BM25)
+
+class Space(enum.StrEnum):
+    """The retrieval spaces. Dense spaces hold vectors; BM25 is lexical.
+
+    The CLIP model fills two spaces with their own indexes: ``clip`` holds the image-tower
+    vectors of visual items (photos, page renders, figures, keyframes) and ``clip_texts``
+    the text-tower vectors of text items. A text query's CLIP run searches ``clip`` alone:
+    through CLIP's modality gap any text chunk is nearer a text query than the right image
+    is, so in one shared index a few hundred chunks would hide every image from that run.
+    Members are strings, so manifests, catalog rows and JSON keep the plain names.
+    """
+
+    CLIP = "clip"
+    CLIP_TEXTS = "clip_texts"
+    TEXT = "text"
+    BM25 = "bm25"
+
+
+SPACE_CLIP = Space.CLIP
+SPACE_CLIP_TEXTS = Space.CLIP_TEXTS
+SPACE_TEXT = Space.TEXT
+SPACE_BM25 = Space.BM25
+CLIP_SPACES = (Space.CLIP, Space.CLIP_TEXTS)
+DENSE_SPACES = (Space.CLIP, Space.CLIP_TEXTS, Space.TEXT)
+ALL_SPACES = (*DENSE_SPACES, Space.BM25)
+
+
+class RunName(enum.StrEnum):
+    """The runs of a search, one per way of ranking the store (the keys of ``Hit.scores``).
+
+    ``clip_text``: the query text through CLIP's text tower; ``clip_image``: the query image
+    through its image tower; ``text``: the sentence-transformers text space; ``bm25``: lexical.
+    """
+
+    CLIP_TEXT = "clip_text"
+    CLIP_IMAGE = "clip_image"
+    TEXT = "text"
+    BM25 = "bm25"
+
+
+class ItemKind(enum.StrEnum):
+    """What an item is within its modality (``Item.kind``, stored as the plain string)."""
+
+    CHUNK = "chunk"  # a span of text: of a text file, of a PDF page
+    PHOTO = "photo"  # a whole picture file
+    PAGE = "page"  # a rendered PDF page (a scanned one carries its OCR text)
+    FIGURE = "figure"  # an image embedded in a PDF page
+    WINDOW = "window"  # a transcript window of an audio or video file
+    KEYFRAME = "keyframe"  # a video frame with the speech around it
+
+
+class SourceStatus(enum.StrEnum):
+    """A source's state in the catalog: ingested, or recorded with the reason it failed."""
+
+    OK = "ok"
+    FAILED = "failed"
+
+
+class RunStatus(enum.StrEnum):
+    """How an ingest run ended (``running`` while it goes on, and after it was killed)."""
+
+    RUNNING = "running"
+    OK = "ok"
+    INTERRUPTED = "interrupted"
+    FAILED = "failed"
+
+
+def store_spaces(*, clip: bool, clip_texts: bool) -> tuple[Space, ...]:
+    """The dense spaces of a store: the text space always, CLIP's when it has a CLIP model.
+
+    ``clip_texts`` (``models.clip_texts``) adds the CLIP text-tower space of text items.
+    """
+    if not clip:
+        return (Space.TEXT,)
+    return (*CLIP_SPACES, Space.TEXT) if clip_texts else (Space.CLIP, Space.TEXT)
+
+
+def spaces_for(*, has_text: bool, visual: bool, available: Collection[str]) -> frozenset[Space]:
+    """The dense spaces an item belongs in, among the ``available`` ones of its store.
+
+    The one rule that the ingest pipeline (what it encodes) and ``verify`` (what it expects)
+    both follow: a visual item goes into ``clip`` (image tower), an item with text into
+    ``text``, and an item with text that is not visual into ``clip_texts`` (text tower).
+    """
+    wanted = set()
+    if has_text:
+        wanted.add(Space.TEXT)
+    if visual:
+        wanted.add(Space.CLIP)
+    elif has_text:
+        wanted.add(Space.CLIP_TEXTS)
+    return frozenset(s for s in wanted if s in available)
 
 
 class Modality(str, enum.Enum):
@@ -188,10 +275,11 @@ class Item:
 
 @dataclass(frozen=True)
 class Hit:
-    """One result of a search: a stored item with its fused and per-space scores.
+    """One result of a search: a stored item with its fused and per-run scores.
 
-    ``scores`` maps a space name to the raw similarity in that space (cosine for
-    dense spaces, BM25 score for lexical); ``ranks`` maps it to the 1-based rank.
+    ``scores`` maps a run name (``text``, ``bm25``, ``clip_text``, ``clip_image``) to the raw
+    similarity in that run (cosine for dense runs, BM25 score for the lexical one); ``ranks``
+    maps it to the 1-based rank.
     ``image_path`` is a full-size image for visual items (the photo itself or a
     stored render), usable as image evidence for a multimodal LLM.
     """

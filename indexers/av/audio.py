@@ -13,9 +13,9 @@ from pathlib import Path
 
 from indexers.base import IngestContext
 from indexers.av.decode import AudioReader, MediaInfo, probe
-from indexers.av.transcribe import Segment, Transcriber, Transcript, shared_transcriber
+from indexers.av.transcribe import Segment, SpeechToText, Transcript, shared_transcriber
 from retriever.errors import LimitExceeded
-from retriever.types import Item, Locator, Modality
+from retriever.types import Item, ItemKind, Locator, Modality
 
 __all__ = ["AudioIngestor", "context_transcriber", "group_windows", "transcribe_source", "window_items"]
 
@@ -74,26 +74,26 @@ def window_items(
         text = " ".join(s.text for s in group)
         yield Item(
             modality,
-            "window",
+            ItemKind.WINDOW,
             Locator(uri, t_start=start, t_end=end),
             text,
             metadata={"segments": len(group)},
         )
 
 
-def context_transcriber(ctx: IngestContext) -> Transcriber:
+def context_transcriber(ctx: IngestContext) -> SpeechToText:
     """The pipeline's shared transcriber, else one built from the config (and cached on ctx)."""
     tr = ctx.transcriber
     if tr is not None:
-        if not callable(getattr(tr, "transcribe_chunks", None)):
+        if not isinstance(tr, SpeechToText):
             raise TypeError(
-                "IngestContext.transcriber must offer transcribe_chunks() like indexers.av.transcribe.Transcriber, "
-                f"got {type(tr).__name__}"
+                "IngestContext.transcriber must implement indexers.av.transcribe.SpeechToText "
+                f"(transcribe_chunks and transcribe_file), got {type(tr).__name__}"
             )
         return tr
-    tr = shared_transcriber(ctx.config.audio, ctx.config.models.device)
-    ctx.transcriber = tr
-    return tr
+    shared = shared_transcriber(ctx.config.audio, ctx.config.models.device)
+    ctx.transcriber = shared
+    return shared
 
 
 def transcribe_source(path: Path, ctx: IngestContext, max_seconds: float) -> Transcript:

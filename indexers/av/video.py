@@ -18,7 +18,7 @@ from indexers.av.keyframes import Keyframe, ShotDetector, dedup_keyframes
 from indexers.av.decode import MediaInfo, iter_video_frames, probe
 from indexers.av.transcribe import Transcript
 from retriever.errors import IngestError, LimitExceeded
-from retriever.types import Item, Locator, Modality
+from retriever.types import Item, ItemKind, Locator, Modality
 
 __all__ = ["VideoIngestor", "keyframe_item"]
 
@@ -45,7 +45,7 @@ def keyframe_item(kf: Keyframe, transcript: Transcript | None, uri: str, context
             text = " ".join(s.text for s in near)
             meta["transcript_span"] = [near[0].start, max(s.end for s in near)]
     return Item(
-        Modality.VIDEO, "keyframe", Locator(uri, t=round(kf.t, 3)), text=text, image=kf.image, metadata=meta
+        Modality.VIDEO, ItemKind.KEYFRAME, Locator(uri, t=round(kf.t, 3)), text=text, image=kf.image, metadata=meta
     )
 
 

@@ -25,7 +25,7 @@ import time
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
@@ -39,7 +39,10 @@ from retriever.catalog import NewItem, SourceInfo
 from retriever.config import Config
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.store import Store
-from retriever.types import CLIP_SPACES, SPACE_CLIP, SPACE_CLIP_TEXTS, SPACE_TEXT
+from retriever.types import RunStatus, Space, spaces_for, store_spaces
+
+if TYPE_CHECKING:
+    from indexers.av.transcribe import SpeechToText
 
 __all__ = ["IngestPipeline", "IngestReport", "hash_file"]
 
@@ -88,7 +91,8 @@ class _Pending:
 class IngestPipeline:
     """Feeds files into a store. One instance per run; the caller holds the write lock.
 
-    ``progress`` is described in ``indexers.ingest.progress``.
+    ``progress`` is described in ``indexers.ingest.progress``. ``transcriber`` is the speech
+    model that audio and video files share (None: the process-wide one for the config).
     """
 
     def __init__(
@@ -99,7 +103,7 @@ class IngestPipeline:
         text: TextEncoder,
         config: Config,
         progress: ProgressCallback | None = None,
-        transcriber: Any = None,
+        transcriber: SpeechToText | None = None,
     ) -> None:
         self.store, self.registry, self.clip, self.text, self.config = store, registry, clip, text, config
         self.tracker = ProgressTracker(progress)
@@ -115,47 +119,52 @@ class IngestPipeline:
     ) -> IngestReport:
         """Ingest ``paths``; with ``within``, only files that resolve inside those directories."""
         t0 = time.perf_counter()
-        report = IngestReport()
         self.within = None if within is None else real_dirs(within)
         self._register_spaces()
-        report.run_id = self.store.catalog.start_run()
+        run_id = self.store.catalog.start_run()
+        report = IngestReport(run_id=run_id)
         with self.interrupt.installed():
             try:
-                found = self._discover(paths)
-                files = [f for f in found if f.reason is None]
-                report.skipped = [(str(f.path), f.reason) for f in found if f.reason is not None]
-                self.tracker.start(len(files))
-                self._consume(files, report)
-                if prune:
-                    with self.interrupt.critical():
-                        report.removed = self.prune(paths, [f.path for f in found])
-                self.tracker.finishing()
+                self._run(paths, prune, report)
                 with self.interrupt.critical(raise_after=False):  # the work is done: finish it
-                    self._finish(report, "ok", t0)
-                    self._tidy(report.run_id)
+                    self._finish(report, run_id, RunStatus.OK, t0)
+                    self._tidy(run_id)
             except KeyboardInterrupt:
-                self._end(report, "interrupted", t0, save=False)  # readers replay the log: nothing is lost
+                # nothing is lost: readers replay the change log past the last index save
+                self._end(report, run_id, RunStatus.INTERRUPTED, t0, save=False)
                 raise
             except BaseException:
-                self._end(report, "failed", t0, save=True)
+                self._end(report, run_id, RunStatus.FAILED, t0, save=True)
                 raise
         return report
 
-    def _finish(self, report: IngestReport, status: str, t0: float) -> None:
+    def _run(self, paths: Sequence[str | os.PathLike[str]], prune: bool, report: IngestReport) -> None:
+        """Discover, ingest and (with ``prune``) remove the sources whose files are gone."""
+        found = self._discover(paths)
+        files = [f for f in found if f.reason is None]
+        report.skipped = [(str(f.path), f.reason) for f in found if f.reason is not None]
+        self.tracker.start(len(files))
+        self._consume(files, report)
+        if prune:
+            with self.interrupt.critical():
+                report.removed = self.prune(paths, [f.path for f in found])
+        self.tracker.finishing()
+
+    def _finish(self, report: IngestReport, run_id: int, status: RunStatus, t0: float) -> None:
         self.store.save()
         report.seconds = time.perf_counter() - t0
-        self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+        self.store.catalog.finish_run(run_id, status, report.to_dict())
 
-    def _end(self, report: IngestReport, status: str, t0: float, save: bool) -> None:
+    def _end(self, report: IngestReport, run_id: int, status: RunStatus, t0: float, save: bool) -> None:
         """Record a run that did not end well; a second failure (disk still full) never hides the first."""
         if save:
             with contextlib.suppress(Exception):
                 self.store.save()
         report.seconds = time.perf_counter() - t0
         with contextlib.suppress(Exception):
-            self.store.catalog.finish_run(report.run_id, status, report.to_dict())
+            self.store.catalog.finish_run(run_id, status, report.to_dict())
 
-    def _tidy(self, run_id: int | None) -> None:
+    def _tidy(self, run_id: int) -> None:
         """Close earlier unfinished runs and delete what failed writes left (we hold the write lock)."""
         from retriever.maintenance.repair import tidy_after_run
 
@@ -178,10 +187,10 @@ class IngestPipeline:
 
     # ---- set-up ---------------------------------------------------------------
     def _register_spaces(self) -> None:
-        if self.clip is not None:
-            for space in CLIP_SPACES if self.config.models.clip_texts else (SPACE_CLIP,):
-                self.store.register_space(space, self.clip.model_id, self.clip.dim)
-        self.store.register_space(SPACE_TEXT, self.text.model_id, self.text.dim)
+        for space in store_spaces(clip=self.clip is not None, clip_texts=self.config.models.clip_texts):
+            model = self.text if space == Space.TEXT else self.clip
+            assert model is not None  # store_spaces names CLIP's spaces only when there is a CLIP model
+            self.store.register_space(space, model.model_id, model.dim)
 
     def _discover(self, paths: Sequence[str | os.PathLike[str]]) -> list[Found]:
         cfg = self.config.ingest
@@ -359,18 +368,31 @@ def encode_items(
     """Vectors per space for each item: CLIP (image tower for visual items, text tower for
     text items), and the text space for items with text."""
     out: list[dict[str, np.ndarray]] = [{} for _ in items]
+    available = store_spaces(clip=clip is not None, clip_texts=clip_texts)
+    wanted = [spaces_for(has_text=bool(it.text), visual=it.clip_input is not None, available=available)
+              for it in items]
     if clip is not None:
-        vis = [i for i, it in enumerate(items) if it.clip_input is not None]
-        txt = [i for i, it in enumerate(items) if it.clip_input is None and it.text] if clip_texts else []
+        vis = [i for i, w in enumerate(wanted) if Space.CLIP in w]
+        txt = [i for i, w in enumerate(wanted) if Space.CLIP_TEXTS in w]
         if vis:
             for i, v in zip(vis, clip.encode_preprocessed([items[i].clip_input for i in vis])):
-                out[i][SPACE_CLIP] = v
+                out[i][Space.CLIP] = v
         if txt:
-            for i, v in zip(txt, clip.encode_texts([items[i].text for i in txt])):
-                out[i][SPACE_CLIP_TEXTS] = v
-    with_text = [i for i, it in enumerate(items) if it.text]
+            for i, v in zip(txt, clip.encode_texts(_texts_at(items, txt))):
+                out[i][Space.CLIP_TEXTS] = v
+    with_text = [i for i, w in enumerate(wanted) if Space.TEXT in w]
     if with_text:
-        for i, v in zip(with_text, text.encode_texts([items[i].text for i in with_text])):
-            out[i][SPACE_TEXT] = v
+        for i, v in zip(with_text, text.encode_texts(_texts_at(items, with_text))):
+            out[i][Space.TEXT] = v
     return out
 
+
+def _texts_at(items: Sequence[PreparedItem], indices: Sequence[int]) -> list[str]:
+    """The texts of the items at ``indices``, each of which was chosen for having one."""
+    texts = []
+    for i in indices:
+        text = items[i].text
+        if not text:
+            raise ValueError(f"item {i} ({items[i].kind} of {items[i].locator.uri}) has no text to encode")
+        texts.append(text)
+    return texts

@@ -14,18 +14,22 @@ import queue
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from indexers.base import IngestContext
 from indexers.ingest.discover import OUTSIDE, Found, is_inside
 from indexers.ingest.prepare import PreparedItem, prepare_item
 from indexers.registry import Registry
 from indexers.sniff import family
+from retriever.types import SourceStatus
 from retriever.catalog import SourceInfo
 from retriever.config import Config
 from retriever.encoders.base import ImageTextEncoder
 from retriever.errors import IngestError, LimitExceeded
 from retriever.store import Store
+
+if TYPE_CHECKING:
+    from indexers.av.transcribe import SpeechToText
 
 __all__ = ["STOP", "DoneMsg", "FailMsg", "FileWorkers", "ItemMsg", "UnchangedMsg", "hash_file"]
 
@@ -75,7 +79,7 @@ class FileWorkers:
 
     def __init__(
         self, store: Store, registry: Registry, clip: ImageTextEncoder | None, config: Config,
-        transcriber: Any, stop: threading.Event, within: tuple[str, ...] | None = None,
+        transcriber: SpeechToText | None, stop: threading.Event, within: tuple[str, ...] | None = None,
     ) -> None:
         self.store, self.registry, self.clip, self.config = store, registry, clip, config
         self.transcriber, self.stop, self.within = transcriber, stop, within
@@ -113,9 +117,9 @@ class FileWorkers:
     def _process_file(self, key: int, found: Found, out: queue.Queue[Any]) -> None:
         path, info = found.path, None
         try:
-            info = self._source_info(found)
+            info = self.source_info(found)
             prev = self.store.catalog.get_source(info.uri)
-            if prev is not None and prev.status == "ok" and prev.content_hash == info.content_hash:
+            if prev is not None and prev.status == SourceStatus.OK and prev.content_hash == info.content_hash:
                 self._put(out, UnchangedMsg(key))
                 return
             ingestor, ctype = self.registry.resolve(path)
@@ -128,7 +132,7 @@ class FileWorkers:
                     item = replace(item, locator=item.locator.with_uri(info.uri))
                 if not self._put(out, ItemMsg(key, prepare_item(item, self.clip, self.config.ingest))):
                     return
-            updated = prev is not None and prev.status == "ok"
+            updated = prev is not None and prev.status == SourceStatus.OK
             self._put(out, DoneMsg(key, info, dict(ctx.source_metadata), list(ctx.notes), updated))
         except IngestError as exc:
             self._put(out, FailMsg(key, str(path), info, str(exc) or type(exc).__name__))
@@ -137,7 +141,10 @@ class FileWorkers:
         except Exception as exc:  # one bad file never stops a batch
             self._put(out, FailMsg(key, str(path), info, f"{type(exc).__name__}: {exc}"))
 
-    def _source_info(self, found: Found) -> SourceInfo:
+    def source_info(self, found: Found) -> SourceInfo:
+        """What the catalog records of a discovered file (path, display name, content hash, size,
+        mtime); ``IngestError`` when it cannot be read, is over the size limit, or now resolves
+        outside the run's allowed directories."""
         path = found.path
         if self.within is not None and not is_inside(path, self.within):  # moved since it was discovered
             raise IngestError(OUTSIDE)

@@ -58,8 +58,7 @@ def candidate_passwords(path: Path, cfg: PdfConfig) -> list[str]:
         if fnmatch.fnmatch(str(path), pattern) or fnmatch.fnmatch(path.name, pattern):
             out.append(password)
     out.extend(str(p) for p in cfg.passwords)
-    seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(out))  # first occurrence of each, in order
 
 
 def _password_error(passwords: list[str]) -> IngestError:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from pypdf.errors import PyPdfError
 
 from indexers.base import IngestContext
 from indexers.chunking import chunk_spans
-from indexers.pdf.ocr import OcrEngine, lines_to_text, ocr_engine, ocr_unavailable_reason
+from indexers.pdf.items import chunk_items, figure_item, page_item
+from indexers.pdf.scanned import ScannedPages
 from indexers.pdf.figures import (
     FigureRef,
     Render,
@@ -56,23 +57,21 @@ from indexers.pdf.document import (
     pypdf_metadata,
 )
 from indexers.pdf.text import (
+    Box,
     PageGeometry,
     PageText,
     page_geometry,
     pypdf_page_text,
     read_text_layer,
     span_bbox,
-    span_boxes_from_lines,
 )
-from retriever.errors import ConfigError, IngestError, LimitExceeded
-from retriever.types import Item, Locator, Modality
+from retriever.errors import IngestError, LimitExceeded
+from retriever.types import Item, Modality
 
 _log = logging.getLogger(__name__)
 
 __all__ = ["PASSWORD_REQUIRED", "PDFIUM_LOCK", "PdfIngestor"]
 
-SPARSE_TEXT_CHARS = 20  # fewer letters/digits than this over a page-size image: treat as scanned
-SCAN_COVERAGE = 0.5  # share of the page an image must cover for that
 _LIB_ERRORS: tuple[type[BaseException], ...] = (OSError, ValueError, RecursionError, MemoryError)
 
 
@@ -111,9 +110,8 @@ class _PdfRun:
         self.seen_figures: set[str] = set()
         self.skipped: Counter[str] = Counter()
         self.figures = 0
-        self.ocr_pages: list[int] = []
         self.yielded = 0
-        self._ocr: OcrEngine | None | bool = False  # False: not resolved yet
+        self.scanned = ScannedPages(self.uri, self.cfg, self.notes, self.budget, self._spans)
         self._reader: Any = None
 
     # ----------------------------------------------------------------- whole file
@@ -175,8 +173,8 @@ class _PdfRun:
         meta["figures"] = self.figures
         if self.skipped:
             meta["figures_skipped"] = dict(self.skipped)
-        if self.ocr_pages:
-            meta["ocr_pages"] = list(self.ocr_pages)
+        if self.scanned.pages:
+            meta["ocr_pages"] = list(self.scanned.pages)
 
     # ------------------------------------------------------------------ one page
     def _page(self, doc: Any, i: int) -> Iterator[Item]:
@@ -206,19 +204,9 @@ class _PdfRun:
             layer = self._pypdf_layer(pno)
             chunks = self._chunk_items(layer, pno)
         yield from chunks
-        yield from self._maybe_ocr(page, geom, pno, layer, refs, render, len(chunks))
+        yield from self.scanned.items(page, geom, pno, layer, refs, render, len(chunks))
         if render is not None:
-            yield Item(
-                Modality.PDF,
-                "page",
-                Locator(self.uri, page=pno),
-                image=render.image,
-                metadata={
-                    "width_pt": round(geom.width, 2),
-                    "height_pt": round(geom.height, 2),
-                    "dpi": round(render.dpi, 2),
-                },
-            )
+            yield page_item(self.uri, pno, geom, render)
         yield from self._figures(objs, refs, pno)
 
     def _spans(self, text: str) -> list[tuple[int, int]]:
@@ -243,24 +231,14 @@ class _PdfRun:
         self,
         layer: PageText,
         pno: int,
-        boxes: list[Any] | None = None,
+        boxes: Sequence[Box | None] | None = None,
         spans: list[tuple[int, int]] | None = None,
         first: int = 0,
         **meta: Any,
     ) -> list[Item]:
         """Chunk items of a page's text; ``boxes`` per span (None: no positions)."""
         spans = self._spans(layer.text) if spans is None else spans
-        boxes = [None] * len(spans) if boxes is None else boxes
-        return [
-            Item(
-                Modality.PDF,
-                "chunk",
-                Locator(self.uri, page=pno, char_start=s, char_end=e, bbox=box),
-                text=layer.text[s:e],
-                metadata={"chunk": first + k, **meta},
-            )
-            for k, ((s, e), box) in enumerate(zip(spans, boxes))
-        ]
+        return chunk_items(self.uri, pno, layer.text, spans, boxes, first, **meta)
 
     def _pypdf_layer(self, pno: int) -> PageText:
         try:
@@ -320,78 +298,7 @@ class _PdfRun:
                 self.skipped["blank"] += 1
                 continue
             self.figures += 1
-            yield Item(
-                Modality.PDF,
-                "figure",
-                Locator(self.uri, page=pno, bbox=ref.bbox),
-                image=image,
-                metadata={
-                    "figure": ref.index,
-                    "width_px": ref.width_px,
-                    "height_px": ref.height_px,
-                    "filters": list(ref.filters),
-                },
-            )
-
-    # ----------------------------------------------------------------------- OCR
-    def _maybe_ocr(
-        self,
-        page: Any,
-        geom: PageGeometry,
-        pno: int,
-        layer: PageText,
-        refs: list[FigureRef],
-        render: Render | None,
-        first: int,
-    ) -> Iterator[Item]:
-        letters = layer.alnum_count()
-        coverage = max((r.coverage for r in refs), default=0.0)
-        if letters == 0:
-            what = "no text layer"
-        elif letters < SPARSE_TEXT_CHARS and coverage >= SCAN_COVERAGE:
-            what = f"text layer nearly empty ({letters} letters/digits) over a page-size image"
-        else:
-            return
-        if render is not None and is_blank(render.image):
-            self.notes.add(f"page {pno}: {what} (blank page)")
-            return
-        engine = self._ocr_engine()
-        if engine is None:
-            self.notes.add(f"page {pno}: {what}; {ocr_unavailable_reason(self.cfg.ocr)}")
-            return
-        self.budget.check(f"OCR of page {pno}")
-        items = self._ocr_items(page, geom, pno, engine, first)
-        found = "text from OCR" if items else "OCR found no text"
-        self.notes.add(f"page {pno}: {what}; {found} ({engine.name})")
-        if items:
-            self.ocr_pages.append(pno)
-        yield from items
-
-    def _ocr_engine(self) -> OcrEngine | None:
-        if self._ocr is False:
-            try:
-                self._ocr = ocr_engine(self.cfg.ocr)
-            except ConfigError as exc:
-                self.notes.add(f"OCR skipped: {exc}")
-                self._ocr = None
-        return self._ocr  # type: ignore[return-value]
-
-    def _ocr_items(
-        self, page: Any, geom: PageGeometry, pno: int, engine: OcrEngine, first: int
-    ) -> list[Item]:
-        try:
-            with PDFIUM_LOCK:
-                render = render_page(page, geom, self.cfg.ocr_dpi, self.cfg.max_render_pixels)
-            lines = engine(render.image)
-        except Exception as exc:  # noqa: BLE001 - OCR failing leaves the page image-only
-            self.notes.add(f"page {pno}: OCR failed ({type(exc).__name__}: {exc})")
-            return []
-        text, line_spans = lines_to_text(lines)
-        spans = self._spans(text)
-        boxes = span_boxes_from_lines(spans, line_spans, 72.0 / render.dpi, geom)
-        return self._chunk_items(
-            PageText(text), pno, boxes, spans, ocr=True, ocr_engine=engine.name, first=first
-        )
+            yield figure_item(self.uri, pno, ref, image)
 
     # ------------------------------------------------------------- pypdf only
     def _pypdf_only(self, pdfium_reason: str) -> Iterator[Item]:

@@ -5,15 +5,21 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from pipelines.arguments import existing_paths, modality_list
+from pipelines.cli import exit_codes
 from pipelines.engine import Engine
 from retriever.errors import MmragError
+from retriever.store import Store
 from retriever.types import Hit
 
+__all__ = ["COMMANDS", "Command", "Emit", "format_hits", "format_report", "format_verify", "printable"]
+
 Emit = Callable[[argparse.Namespace, Any, str], None]
+Command = Callable[[argparse.Namespace, dict[str, Any], Emit], int]
 
 
 def _engine(args: argparse.Namespace, overrides: dict[str, Any], create: bool = False) -> Engine:
@@ -74,7 +80,7 @@ def cmd_ingest(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
     with _progress(not args.json) as progress, _engine(args, overrides, create=True) as eng:
         report = eng.ingest(args.paths, prune=args.prune, progress=progress).to_dict()
     emit(args, report, format_report(report))
-    return 3 if args.strict and report["failed"] else 0
+    return exit_codes.STRICT if args.strict and report["failed"] else exit_codes.OK
 
 
 def cmd_search(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -96,7 +102,7 @@ def cmd_search(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
         )
     payload = {"query": {"text": args.text, "image": args.image, "audio": args.audio}, "hits": [h.to_dict() for h in hits]}
     emit(args, payload, format_hits(hits))
-    return 0
+    return exit_codes.OK
 
 
 def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -114,7 +120,7 @@ def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> 
     data = answer.to_dict()
     if args.json:
         emit(args, data, "")
-        return 0
+        return exit_codes.OK
     if stream:
         print()  # the answer text was printed as it came (the backend's raw text)
         if "".join(streamed).strip() != answer.text.strip():
@@ -127,7 +133,7 @@ def cmd_ask(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> 
         print(f"  removed invalid citations: {data['invalid_citations']}")
     if data.get("unsupported"):
         print(f"  {len(data['unsupported'])} sentence(s) without a citation")
-    return 0
+    return exit_codes.OK
 
 
 def cmd_remove(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -135,11 +141,11 @@ def cmd_remove(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
         removed = eng.remove(args.paths, glob=args.glob)
     if removed:
         emit(args, {"removed": removed}, f"removed {removed} source(s)")
-        return 0
+        return exit_codes.OK
     hint = "" if args.glob or not any(ch in p for p in args.paths for ch in "*?[") else " (use --glob to match patterns)"
     emit(args, {"removed": 0}, "nothing matched: no source of the store is "
          + ", ".join(printable(p) for p in args.paths) + " or under it" + hint)
-    return 3 if args.strict else 0
+    return exit_codes.STRICT if args.strict else exit_codes.OK
 
 
 def cmd_stats(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -153,13 +159,12 @@ def cmd_stats(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -
         + [f"failed   {f['uri']}: {f['reason']}" for f in stats["failed"]]
     )
     emit(args, stats, human)
-    return 0
+    return exit_codes.OK
 
 
-def _store(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+def _store(args: argparse.Namespace, overrides: dict[str, Any]) -> Store:
     """The store alone (verify/repair need no model, so any store opens whatever it was built with)."""
     from retriever.config import Config
-    from retriever.store import Store
 
     config = Config.load(args.store, overrides)
     return Store(config.store, config, create=False)
@@ -167,8 +172,9 @@ def _store(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
 
 def format_verify(report: dict[str, Any]) -> str:
     head = "ok" if report["ok"] else "INCONSISTENT"
-    lines = [f"{head}: {report['errors']} error(s), {report['warnings']} warning(s) in {report['store']} "
-             f"({report['counts'].get('sources', 0)} sources, {report['counts'].get('items', 0)} items)"]
+    counts = report["counts"]
+    lines = [(f"{head}: {report['errors']} error(s), {report['warnings']} warning(s) in {report['store']} "
+              f"({counts.get('sources', 0)} sources, {counts.get('items', 0)} items)")]
     lines += [f"  {p['severity']:<7} {p['code']}: {p['message']}" for p in report["problems"]]
     return "\n".join(lines)
 
@@ -182,7 +188,7 @@ def cmd_verify(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
     finally:
         store.close()
     emit(args, report, format_verify(report))
-    return 0 if report["ok"] else 1
+    return exit_codes.OK if report["ok"] else exit_codes.INCONSISTENT
 
 
 def cmd_repair(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -197,7 +203,7 @@ def cmd_repair(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) 
     human = "\n".join([f"repaired {report['store']}"] + [f"  {a}" for a in report["actions"]]
                       + ["after: " + format_verify(report["after"])])
     emit(args, report, human)
-    return 0 if report["ok"] else 1
+    return exit_codes.OK if report["ok"] else exit_codes.INCONSISTENT
 
 
 def cmd_eval(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -216,7 +222,7 @@ def cmd_serve(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -
     sock = bind(args.host, args.port)  # before the store and models load: a busy port fails at once
     with sock, _engine(args, overrides, create=bool(args.allow_ingest)) as eng:
         run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest], sock=sock)
-    return 0
+    return exit_codes.OK
 
 
 def cmd_demo(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
@@ -225,4 +231,18 @@ def cmd_demo(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) ->
     result = run_demo(args, overrides, progress_ctx=_progress, format_hits=format_hits, format_report=format_report)
     if args.json:
         emit(args, result, "")
-    return 0
+    return exit_codes.OK
+
+
+COMMANDS: dict[str, Command] = {
+    "ingest": cmd_ingest,
+    "search": cmd_search,
+    "ask": cmd_ask,
+    "remove": cmd_remove,
+    "stats": cmd_stats,
+    "verify": cmd_verify,
+    "repair": cmd_repair,
+    "eval": cmd_eval,
+    "serve": cmd_serve,
+    "demo": cmd_demo,
+}

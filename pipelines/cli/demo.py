@@ -17,15 +17,18 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
+
+from retriever.config.env import cache_dir as _cache_dir
+from retriever.config.env import env_value
 
 if TYPE_CHECKING:
     from pipelines.engine import Engine
+    from retriever.types import Hit
 
 __all__ = [
     "DATA_HELP",
@@ -34,6 +37,7 @@ __all__ = [
     "STORE_HELP",
     "TrainingProgress",
     "cache_dir",
+    "clip_spec",
     "demo_store",
     "make_shapes",
     "run_demo",
@@ -62,7 +66,7 @@ def _repo_data() -> Path:
 
 def cache_dir() -> Path:
     """Where the demo keeps its CLIP model and stores: ``$MMRAG_CACHE``, else ``~/.cache/mmrag``."""
-    return Path(os.environ.get("MMRAG_CACHE") or Path.home() / ".cache" / "mmrag").expanduser()
+    return _cache_dir()
 
 
 def demo_store(cache: Path, data: Path, clip: str) -> Path:
@@ -113,7 +117,7 @@ class TrainingProgress:
     def trained(self) -> bool:
         return self.started is not None
 
-    def __enter__(self) -> TrainingProgress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,23 +129,23 @@ class TrainingProgress:
                 _note(f"trained in {self.seconds:.0f} s; cached in {self.where}")
 
     def __call__(self, step: int, steps: int) -> None:
-        if self.started is None:
-            self._start(steps)
+        started = self._start(steps) if self.started is None else self.started
         if self._bar is not None:
             self._bar.update(self._task, completed=step)
         else:
             self._lines.update(lambda: f"training the demo CLIP: step {step:,}/{steps:,}, "
-                                      f"{self.clock() - self.started:.0f} s")
+                                      f"{self.clock() - started:.0f} s")
 
-    def _start(self, steps: int) -> None:
-        self.started = self.clock()
+    def _start(self, steps: int) -> float:
+        """Say that training starts and set up the bar or the lines; returns the start time."""
+        self.started = started = self.clock()
         _note("No CLIP weights configured: training a tiny demo CLIP on synthetic shapes "
               f"({steps:,} steps, one to two minutes, once; then cached in {self.where}) ...")
         if not sys.stderr.isatty():
             from pipelines.cli.logs import LineProgress
 
             self._lines = LineProgress(clock=self.clock)
-            return
+            return started
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -149,18 +153,23 @@ class TrainingProgress:
                              TimeElapsedColumn(), console=Console(stderr=True), transient=True)
         self._bar.start()
         self._task = self._bar.add_task("", total=steps)
+        return started
 
 
-def _clip_spec(overrides: dict[str, Any], cache: Path) -> tuple[str, str]:
-    """(CLIP spec, how it was obtained: ``configured`` | ``cached`` | ``trained``)."""
-    configured = overrides.get("models.clip") or os.environ.get("MMRAG_CLIP_MODEL")
+def clip_spec(overrides: dict[str, Any], cache: Path, *, steps: int | None = None) -> tuple[str, str]:
+    """(CLIP spec, how it was obtained: ``configured`` | ``cached`` | ``trained``).
+
+    Without a configured CLIP, the tiny demo CLIP cached under ``cache``, trained there once
+    (``steps`` training steps; default ``pipelines.synthetic.TINY_CLIP_STEPS``).
+    """
+    configured = overrides.get("models.clip") or env_value("MMRAG_CLIP_MODEL")
     if configured:
         return configured, "configured"
-    from pipelines.synthetic import ensure_tiny_clip
+    from pipelines.synthetic import TINY_CLIP_STEPS, ensure_tiny_clip
 
     where = cache / "tiny-clip"
     with TrainingProgress(where) as progress:
-        spec = ensure_tiny_clip(where, progress=progress)
+        spec = ensure_tiny_clip(where, steps=TINY_CLIP_STEPS if steps is None else steps, progress=progress)
     if not progress.trained:
         _note(f"No CLIP weights configured: using the tiny demo CLIP cached in {where} "
               "(it knows coloured shapes only)")
@@ -171,8 +180,8 @@ def run_demo(
     args: argparse.Namespace,
     overrides: dict[str, Any],
     progress_ctx: Callable[[bool], Any],
-    format_hits: Callable[[list], str],
-    format_report: Callable[[dict], str],
+    format_hits: Callable[[list[Hit]], str],
+    format_report: Callable[[dict[str, Any]], str],
 ) -> dict[str, Any]:
     """Build the sample corpus, ingest it into the demo's store, run the searches and questions."""
     from pipelines.engine import Engine
@@ -182,7 +191,7 @@ def run_demo(
     data.mkdir(parents=True, exist_ok=True)
     cache = cache_dir()
     make_shapes(data / "shapes")
-    clip, clip_source = _clip_spec(overrides, cache)
+    clip, clip_source = clip_spec(overrides, cache)
     overrides = {**overrides, "models.clip": clip}
     store = Path(args.store) if args.store else demo_store(cache, data, clip)
     result: dict[str, Any] = {"data": str(data), "store": str(store), "clip_model": clip,
@@ -202,10 +211,10 @@ def run_demo(
     return result
 
 
-def _searches(eng: Engine, human: bool, format_hits: Callable[[list], str]) -> list[dict[str, Any]]:
+def _searches(eng: Engine, human: bool, format_hits: Callable[[list[Hit]], str]) -> list[dict[str, Any]]:
     out = []
     for label, query in SEARCHES:
-        hits = eng.search(k=3, **query)
+        hits = eng.search(text=query["text"], k=3)
         out.append({"label": label, "query": query, "hits": [h.to_dict() for h in hits]})
         _say(human, f"\n== search ({label}): {query['text']!r}")
         _say(human, format_hits(hits))

@@ -20,9 +20,12 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
+
+from retriever.config.env import progress_seconds
 
 __all__ = [
     "LineProgress",
@@ -43,7 +46,7 @@ class _StderrHandler(logging.StreamHandler):
     def __init__(self) -> None:
         super().__init__(sys.stderr)
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -104,10 +107,7 @@ def _quiet_huggingface(level: int, bars: bool) -> None:
 
 def progress_interval() -> float:
     """Seconds between progress lines when stderr is not a terminal (``$MMRAG_PROGRESS_SECONDS``)."""
-    try:
-        return max(0.0, float(os.environ.get("MMRAG_PROGRESS_SECONDS", "5")))
-    except ValueError:
-        return 5.0
+    return progress_seconds()
 
 
 class LineProgress:

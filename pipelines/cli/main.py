@@ -1,12 +1,16 @@
 """The ``mmrag`` command line.
 
 ``--json`` prints exactly one JSON document on stdout and nothing else (progress
-and logs go to stderr). Exit codes: 0 success (also when some files failed: they
-are reported), 1 ``verify``/``repair`` found the store inconsistent (or an
-unexpected failure, with its traceback), 2 usage or input error (a missing input
-path, no store at ``--store`` for a reading command, a bad setting, a store
-error), 3 ``--strict`` and some files failed (``ingest``) or nothing matched
-(``remove``), 130 interrupted.
+and logs go to stderr). Exit codes (``pipelines.cli.exit_codes``):
+
+* 0 success, also when some files failed to ingest (they are reported);
+* 1 ``verify``/``repair`` found the store inconsistent, or an unexpected failure
+  (with its traceback);
+* 2 usage or input error: a bad command line, a missing input path, no store at
+  ``--store`` for a reading command, a bad setting, a store or model error, any
+  ``MmragError``;
+* 3 with ``--strict``: some files failed (``ingest``) or nothing matched (``remove``);
+* 130 interrupted (Ctrl-C).
 """
 
 from __future__ import annotations
@@ -14,21 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
+from pipelines.cli import exit_codes
 from retriever.errors import MmragError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
-EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_STRICT = 0, 1, 2, 3
 LLM_HELP = ("answering model: extractive (offline default) | openai:MODEL | ollama:MODEL | "
             "llamacpp[:GGUF] (the llamacpp extra)")
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2 with the usage line
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2 with the usage line
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+        self.exit(exit_codes.USAGE, f"{self.prog}: error: {message}\n")
 
 
 def _common(p: argparse.ArgumentParser, json_output: bool = True,
@@ -46,7 +51,12 @@ def _common(p: argparse.ArgumentParser, json_output: bool = True,
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmrag", description="Multimodal retrieval and RAG over images, PDFs, audio and video.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for add in (_add_ingest, _add_search, _add_ask, _add_remove, _add_maintenance, _add_eval, _add_serve, _add_demo):
+        add(sub)
+    return parser
 
+
+def _add_ingest(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("ingest", help="ingest files and directories (recursively); creates the store if needed")
     p.add_argument("paths", nargs="+", metavar="PATH", help="file or directory to ingest (must exist)")
     p.add_argument("--include", action="append", default=[], help="glob of files to include (repeatable)")
@@ -56,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pdf-password", action="append", default=[], help="password to try on encrypted PDFs (repeatable)")
     _common(p)
 
+
+def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("search", help="search with text, an image and/or an audio clip")
     p.add_argument("text", nargs="?", default=None, help="query text (optional with --image or --audio)")
     p.add_argument("--image", help="query image file")
@@ -67,6 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mmr", action="store_true", help="drop near-duplicates (maximal marginal relevance)")
     _common(p)
 
+
+def _add_ask(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("ask", help="answer a question from the indexed evidence, with citations")
     p.add_argument("question", help="the question to answer")
     p.add_argument("--k", type=int, default=8, help="evidence items to retrieve (default: 8)")
@@ -76,12 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-stream", action="store_true", help="print the answer when complete instead of as it comes")
     _common(p)
 
+
+def _add_remove(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("remove", help="remove sources (a file, everything under a directory, or --glob patterns)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="source file or directory as ingested (or a pattern with --glob)")
     p.add_argument("--glob", action="store_true", help="treat PATHs as glob patterns (e.g. '*/2023/*.pdf')")
     p.add_argument("--strict", action="store_true", help="exit 3 if nothing matched")
     _common(p)
 
+
+def _add_maintenance(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("stats", help="what the store holds")
     _common(p)
 
@@ -94,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-files", action="store_true", help="skip checking the source files for changes")
     _common(p)
 
+
+def _add_eval(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("eval", help="measure retrieval, speech recognition, caption retrieval or answers")
     tasks = p.add_subparsers(dest="eval_task", required=True, parser_class=_Parser)
     t = tasks.add_parser("retrieval", help="BEIR folder: nDCG@10, Recall@100, MRR@10 per space and fused")
@@ -115,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
         t.add_argument("--compare", metavar="RESULTS.json", help="print the changes against an earlier results file")
         _common(t)
 
+
+def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("serve", help="serve search, ask and the evidence over HTTP (FastAPI + uvicorn)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
@@ -122,13 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow POST /ingest of files under DIR (repeatable); ingest is off without it")
     _common(p, json_output=False)
 
+
+def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:
     from pipelines.cli.demo import DATA_HELP, STORE_HELP
 
     p = sub.add_parser("demo", help="build the sample corpus in data/, ingest it into the demo's own store, "
                                      "search and ask (offline)")
     p.add_argument("--data", default=None, help=DATA_HELP)
     _common(p, store_help=STORE_HELP)
-    return parser
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -168,16 +191,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pipelines.cli.logs import setup_logging
 
     setup_logging(getattr(args, "verbose", 0))
-    from pipelines.cli import commands
+    from pipelines.cli.commands import COMMANDS
 
     try:
-        return int(getattr(commands, f"cmd_{args.command}")(args, _overrides(args), _emit))
+        return COMMANDS[args.command](args, _overrides(args), _emit)
     except MmragError as exc:
         print(f"mmrag: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exit_codes.USAGE
     except KeyboardInterrupt:
         print("mmrag: interrupted", file=sys.stderr)
-        return 130
+        return exit_codes.INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,12 +25,21 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.eval.harness import EvalDataError, EvalResult, dataset_fingerprint, format_table
+from pipelines.engine import Engine
+from pipelines.eval.results import (
+    Advance,
+    EvalDataError,
+    EvalResult,
+    dataset_fingerprint,
+    format_table,
+    no_advance,
+)
+from pipelines.rag.evidence import Answer
 from retriever.types import Hit, Locator
 
 __all__ = ["AnswerCase", "evaluate_answers", "load_answer_cases", "locator_matches"]
@@ -115,11 +124,11 @@ def locator_matches(expected: Mapping[str, Any], hit: Hit) -> bool:
     return "contains" not in expected or str(expected["contains"]).lower() in (hit.text or "").lower()
 
 
-def _score_case(case: AnswerCase, answer: Any, catalog: Any) -> dict[str, Any]:
+def _score_case(case: AnswerCase, answer: Answer, engine: Engine) -> dict[str, Any]:
     by_n = {ev.n: ev.hit for ev in answer.evidence}
     cited = [by_n[c.n] for c in answer.citations if c.n in by_n]
     retrieved = [ev.hit for ev in answer.evidence]
-    stored = catalog.items([h.item_id for h in cited]) if cited else {}
+    stored = engine.items(h.item_id for h in cited)
     resolved = [h for h in cited if h.item_id in stored and stored[h.item_id].source_uri == h.source_uri]
     return {
         "id": case.id,
@@ -137,14 +146,14 @@ def _score_case(case: AnswerCase, answer: Any, catalog: Any) -> dict[str, Any]:
 
 
 def evaluate_answers(
-    engine: Any, cases: Sequence[AnswerCase], questions_path: Path, *, k: int = 8,
-    advance: Callable[[int], None] = lambda n: None,
+    engine: Engine, cases: Sequence[AnswerCase], questions_path: Path, *, k: int = 8,
+    advance: Advance = no_advance,
 ) -> EvalResult:
     """Ask every question through ``engine.ask`` and score the citations."""
     t0 = time.perf_counter()
     rows = []
     for case in cases:
-        rows.append(_score_case(case, engine.ask(case.question, k=k), engine.store.catalog))
+        rows.append(_score_case(case, engine.ask(case.question, k=k), engine))
         advance(1)
     n = len(rows)
     written = sum(r["citations"] + r["invalid_citations"] for r in rows)
@@ -168,7 +177,7 @@ def evaluate_answers(
                  "fingerprint": dataset_fingerprint([questions_path], questions_path.parent)},
         settings={"k": k, "llm": {"spec": llm.spec, "min_text_relevance": llm.min_text_relevance,
                                   "max_images": llm.max_images, "temperature": llm.temperature}},
-        models={**{name: info.model_id for name, info in engine.store.spaces().items()}, "llm": llm.spec},
+        models={**engine.space_models(), "llm": llm.spec},
         metrics=metrics,
         rows=rows,
         seconds={"total": time.perf_counter() - t0},

@@ -16,20 +16,26 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pipelines.eval.harness import EvalDataError, EvalResult, dataset_fingerprint, format_table
+from pipelines.eval.results import (
+    Advance,
+    EvalDataError,
+    EvalResult,
+    dataset_fingerprint,
+    format_table,
+    no_advance,
+)
 from retriever.config import Config
 from retriever.errors import ConfigError
-from retriever.metrics import corpus_wer, hit_at_k, normalize_text, word_edits
+from retriever.metrics import EditCounts, corpus_wer, hit_at_k, normalize_text, word_edits
 
 __all__ = ["caption_recalls", "evaluate_asr", "evaluate_captions", "load_captions", "load_transcripts"]
-
-Advance = Callable[[int], None]
 
 
 def _read_json(path: Path, what: str) -> Any:
@@ -70,8 +76,38 @@ def load_transcripts(path: Path) -> dict[str, str]:
     return refs
 
 
+@dataclass(frozen=True)
+class _ClipScore:
+    """One transcribed clip against its reference."""
+
+    file: str
+    reference: str
+    hypothesis: str
+    edits: EditCounts
+    seconds: float
+
+    @property
+    def wer(self) -> float:
+        """Word error rate; a clip whose reference has no words scores 1 if anything was heard."""
+        edits = self.edits
+        return edits.errors / edits.ref_words if edits.ref_words else float(edits.insertions > 0)
+
+    def to_row(self) -> dict[str, Any]:
+        edits = self.edits
+        return {"file": self.file, "wer": self.wer, "ref_words": edits.ref_words,
+                "substitutions": edits.substitutions, "deletions": edits.deletions, "insertions": edits.insertions,
+                "reference": self.reference, "hypothesis": self.hypothesis, "seconds": round(self.seconds, 3)}
+
+
+def _score_clip(name: str, path: Path, reference: str, transcriber: Any) -> _ClipScore:
+    started = time.perf_counter()
+    hypothesis = transcriber.transcribe_file(path).text
+    edits = word_edits(normalize_text(reference).split(), normalize_text(hypothesis).split())
+    return _ClipScore(name, reference, hypothesis, edits, time.perf_counter() - started)
+
+
 def evaluate_asr(
-    directory: Path, transcripts: Path, config: Config, advance: Advance = lambda n: None, transcriber: Any = None
+    directory: Path, transcripts: Path, config: Config, advance: Advance = no_advance, transcriber: Any = None
 ) -> EvalResult:
     """Transcribe each referenced clip under ``directory`` and score it."""
     from indexers.av.transcribe import Transcriber
@@ -83,37 +119,28 @@ def evaluate_asr(
     if not present:
         raise EvalDataError(f"none of the {len(refs)} files in {transcripts.name} is under {directory}")
     tr = transcriber or Transcriber(config.audio, device=config.models.device)
-    rows, pairs = [], []
+    scores: list[_ClipScore] = []
     t0 = time.perf_counter()
     for name, path in present.items():
-        t = time.perf_counter()
-        hyp = tr.transcribe_file(path).text
-        edits = word_edits(normalize_text(refs[name]).split(), normalize_text(hyp).split())
-        rows.append({
-            "file": name, "wer": edits.errors / edits.ref_words if edits.ref_words else float(edits.insertions > 0),
-            "ref_words": edits.ref_words, "substitutions": edits.substitutions, "deletions": edits.deletions,
-            "insertions": edits.insertions, "reference": refs[name], "hypothesis": hyp,
-            "seconds": round(time.perf_counter() - t, 3),
-        })
-        pairs.append((refs[name], hyp))
+        scores.append(_score_clip(name, path, refs[name], tr))
         advance(1)
-    overall = corpus_wer(pairs)
-    words = sum(r["ref_words"] for r in rows)
+    overall = corpus_wer((c.reference, c.hypothesis) for c in scores)
+    words = sum(c.edits.ref_words for c in scores)
     table = format_table(["file", "WER", "words", "hypothesis"],
-                         [[r["file"], r["wer"], r["ref_words"], _short(r["hypothesis"])] for r in rows])
-    table += f"\noverall WER {overall:.4f} over {words} reference words in {len(rows)} files"
+                         [[c.file, c.wer, c.edits.ref_words, _short(c.hypothesis)] for c in scores])
+    table += f"\noverall WER {overall:.4f} over {words} reference words in {len(scores)} files"
     if missing:
         table += f"\nmissing ({len(missing)}): {', '.join(missing)}"
     return EvalResult(
         task="asr",
-        dataset={"path": str(directory), "transcripts": str(transcripts), "files": len(rows),
+        dataset={"path": str(directory), "transcripts": str(transcripts), "files": len(scores),
                  "fingerprint": dataset_fingerprint([transcripts, *present.values()], _common_root(directory, transcripts))},
         settings={"audio": {"backend": config.audio.backend, "beam_size": config.audio.beam_size,
                             "vad": config.audio.vad, "language": config.audio.language},
                   "normalization": "retriever.metrics.normalize_text"},
         models={"asr": tr.model_id},
-        metrics={"wer": overall, "mean_file_wer": float(np.mean([r["wer"] for r in rows])), "ref_words": words},
-        rows=rows,
+        metrics={"wer": overall, "mean_file_wer": float(np.mean([c.wer for c in scores])), "ref_words": words},
+        rows=[c.to_row() for c in scores],
         notes=[f"missing file: {m}" for m in missing],
         seconds={"total": time.perf_counter() - t0},
         table=table,
@@ -178,9 +205,9 @@ def _chance(n_images: int, caps_per_image: Sequence[int], ks: Sequence[int]) -> 
 
 
 def evaluate_captions(
-    directory: Path, captions_path: Path, config: Config, advance: Advance = lambda n: None, ks: Sequence[int] = (1, 5, 10)
+    directory: Path, captions_path: Path, config: Config, advance: Advance = no_advance, ks: Sequence[int] = (1, 5, 10)
 ) -> EvalResult:
-    from pipelines.engine import load_query_image
+    from pipelines.arguments import load_query_image
     from retriever.encoders import build_clip_encoder
 
     clip = build_clip_encoder(config.models)
@@ -189,14 +216,15 @@ def evaluate_captions(
     caps = load_captions(captions_path)
     paths = {name: _find(directory, name) for name in caps}
     missing = sorted(n for n, p in paths.items() if p is None)
-    names = [n for n in caps if paths[n] is not None]
+    found = {n: p for n, p in paths.items() if p is not None}
+    names = list(found)
     if len(names) < 2:
         raise EvalDataError(f"caption retrieval needs at least 2 images; found {len(names)} of {len(caps)} under {directory}")
     t0 = time.perf_counter()
     image_vecs = []
     for start in range(0, len(names), 32):
         batch = names[start : start + 32]
-        image_vecs.append(clip.encode_images([load_query_image(paths[n]) for n in batch]))
+        image_vecs.append(clip.encode_images([load_query_image(found[n]) for n in batch]))
         advance(len(batch))
     texts = [c for n in names for c in caps[n]]
     owner = [i for i, n in enumerate(names) for _ in caps[n]]
@@ -209,7 +237,7 @@ def evaluate_captions(
     return EvalResult(
         task="captions",
         dataset={"path": str(directory), "captions": str(captions_path), "images": len(names), "captions_n": len(texts),
-                 "fingerprint": dataset_fingerprint([captions_path, *(paths[n] for n in names)],
+                 "fingerprint": dataset_fingerprint([captions_path, *found.values()],
                                                     _common_root(directory, captions_path))},
         settings={"ks": list(ks)},
         models={"clip": clip.model_id},

@@ -19,7 +19,6 @@ per-run depths and weights (``--sweep``), to set the defaults from measurement.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import itertools
 import json
@@ -27,13 +26,24 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from indexers.ingest.pipeline import IngestReport
 from pipelines.engine import Engine
-from pipelines.eval.harness import EvalDataError, EvalResult, dataset_fingerprint, format_table
-from retriever.metrics import dedupe_ranking, mean_retrieval_scores
+from pipelines.eval.results import (
+    Advance,
+    EvalDataError,
+    EvalResult,
+    ProgressFactory,
+    dataset_fingerprint,
+    format_table,
+    no_advance,
+    no_progress,
+)
+from retriever.metrics import mean_retrieval_scores
 from retriever.search import Query, Run, rrf_fuse
 
 __all__ = [
@@ -156,13 +166,11 @@ def write_corpus(ds: BeirDataset, out_dir: Path) -> dict[str, str]:
 
 def item_documents(engine: Engine, file_docs: Mapping[str, str]) -> dict[int, str]:
     """Item id -> doc id for every stored item whose source is a corpus file."""
-    catalog = engine.store.catalog
-    records = catalog.items([int(i) for i in catalog.item_ids()])
-    return {iid: file_docs[rec.source_uri] for iid, rec in records.items() if rec.source_uri in file_docs}
+    return {iid: file_docs[rec.source_uri] for iid, rec in engine.items().items() if rec.source_uri in file_docs}
 
 
 def collect_candidates(
-    engine: Engine, queries: Mapping[str, str], depth: int, advance: Callable[[int], None] = lambda n: None
+    engine: Engine, queries: Mapping[str, str], depth: int, advance: Advance = no_advance
 ) -> dict[str, dict[str, Run]]:
     """Per query, each text run's top ``depth`` candidates (the query is encoded once per space)."""
     retriever = engine.retriever()
@@ -176,7 +184,7 @@ def collect_candidates(
 
 def _docs(ids: Sequence[int], item_doc: Mapping[int, str]) -> list[str]:
     """Item ranking -> document ranking; items from outside the corpus stay as non-relevant entries."""
-    return dedupe_ranking(item_doc.get(i, f"~item:{i}") for i in ids)  # type: ignore[return-value]
+    return list(dict.fromkeys(item_doc.get(i, f"~item:{i}") for i in ids))
 
 
 def rankings(
@@ -203,70 +211,77 @@ def evaluate_retrieval(
     recall_k: int = 100,
     mrr_k: int = 10,
     sweep: bool = False,
-    progress: Callable[[str, int], Any] | None = None,
+    progress: ProgressFactory = no_progress,
 ) -> EvalResult:
     """Ingest ``ds`` into ``engine``'s store (a no-op when unchanged) and score every configuration."""
     t0 = time.perf_counter()
     file_docs = write_corpus(ds, corpus_dir)
-    with _progress(progress, "ingest", len(file_docs)) as advance:
-        done = [0]
-
-        def tick(_label: str, finished: int, _total: int) -> None:
-            advance(finished - done[0])
-            done[0] = finished
-
-        report = engine.ingest([corpus_dir], progress=tick)
+    report = _ingest(engine, corpus_dir, progress("ingest", len(file_docs)))
     failed = [f"{file_docs.get(str(Path(path).resolve()), path)}: {reason}" for path, reason in report.failed]
     t_ingest = time.perf_counter() - t0
     item_doc = item_documents(engine, file_docs)
-    missing = len(set(file_docs.values()) - set(item_doc.values()))
     per_doc = len(item_doc) / max(1, len(file_docs))
     depth = max(engine.config.search.depth, math.ceil(recall_k * per_doc))
     t1 = time.perf_counter()
-    with _progress(progress, "queries", len(ds.queries)) as advance:
+    with progress("queries", len(ds.queries)) as advance:
         cands = collect_candidates(engine, ds.queries, depth, advance)
     t_query = time.perf_counter() - t1
     ranked = rankings(cands, item_doc, engine.retriever().fuse)
     metrics = {name: mean_retrieval_scores(r, ds.qrels, ndcg_k, recall_k, mrr_k) for name, r in ranked.items()}
-    result_rows = _query_rows(ranked, ds, ndcg_k)
     depths = tuple(d for d in (25, 50, 100, 200) if d <= depth) or (depth,)
     sweep_rows = sweep_fusion(cands, item_doc, ds.qrels, depths=depths, ndcg_k=ndcg_k) if sweep else []
-    notes = [f"ingest failed for document {f} (counted as never retrieved)" for f in failed]
-    if "clip" in engine.store.spaces() and "clip_text" not in metrics:
-        notes.append("the CLIP text run returned nothing: with search.clip_text_scope='visual' it ranks only "
-                     "items with an image, and this corpus has none")
-    if len(failed) < missing:
-        notes.append(f"{missing - len(failed)} documents have no stored item (blank text?)")
-    search = engine.config.search
+    missing = len(set(file_docs.values()) - set(item_doc.values()))
+    notes = _notes(engine, failed, missing, metrics)
     return EvalResult(
         task="retrieval",
         dataset={"name": ds.name, "path": str(ds.root), "split": ds.split, "fingerprint": ds.fingerprint(),
                  "documents": len(ds.corpus), "queries": len(ds.queries),
                  "ingest": {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
                             "failed": len(report.failed)}},
-        settings={"search": {"depth": search.depth, "rrf_k": search.rrf_k, "weights": dict(search.weights),
-                             "clip_text_scope": search.clip_text_scope},
-                  "ingest": {"chunk_chars": engine.config.ingest.chunk_chars,
-                             "chunk_overlap": engine.config.ingest.chunk_overlap},
-                  "candidates_per_run": depth, "items": len(item_doc), "items_per_document": round(per_doc, 3)},
+        settings={**_settings(engine), "candidates_per_run": depth, "items": len(item_doc),
+                  "items_per_document": round(per_doc, 3)},
         models=_models(engine),
         metrics=metrics,
-        rows=result_rows + [{"sweep": r} for r in sweep_rows],
+        rows=_query_rows(ranked, ds, ndcg_k) + [{"sweep": r} for r in sweep_rows],
         notes=notes,
         seconds={"ingest": t_ingest, "queries": t_query, "per_query_ms": 1000 * t_query / max(1, len(ds.queries))},
         table=_table(ds, metrics, depth, len(item_doc), ndcg_k, recall_k, mrr_k, sweep_rows, notes),
     )
 
 
-def _progress(progress: Callable[[str, int], Any] | None, label: str, total: int) -> Any:
-    if progress is None:
-        return contextlib.nullcontext(lambda n=1: None)
-    return progress(label, total)
+def _ingest(engine: Engine, corpus_dir: Path, progress: AbstractContextManager[Advance]) -> IngestReport:
+    """Ingest the corpus folder, advancing ``progress`` by the files finished."""
+    with progress as advance:
+        done = 0
+
+        def tick(_label: str, finished: int, _total: int) -> None:
+            nonlocal done
+            advance(finished - done)
+            done = finished
+
+        return engine.ingest([corpus_dir], progress=tick)
+
+
+def _notes(engine: Engine, failed: Sequence[str], missing: int, metrics: Mapping[str, Any]) -> list[str]:
+    """What a reader of the numbers should know: documents that did not make it, runs that found nothing."""
+    notes = [f"ingest failed for document {f} (counted as never retrieved)" for f in failed]
+    if "clip" in engine.space_models() and "clip_text" not in metrics:
+        notes.append("the CLIP text run returned nothing: with search.clip_text_scope='visual' it ranks only "
+                     "items with an image, and this corpus has none")
+    if len(failed) < missing:
+        notes.append(f"{missing - len(failed)} documents have no stored item (blank text?)")
+    return notes
+
+
+def _settings(engine: Engine) -> dict[str, Any]:
+    search, ingest = engine.config.search, engine.config.ingest
+    return {"search": {"depth": search.depth, "rrf_k": search.rrf_k, "weights": dict(search.weights),
+                       "clip_text_scope": search.clip_text_scope},
+            "ingest": {"chunk_chars": ingest.chunk_chars, "chunk_overlap": ingest.chunk_overlap}}
 
 
 def _models(engine: Engine) -> dict[str, Any]:
-    spaces = engine.store.spaces()
-    out: dict[str, Any] = {name: info.model_id for name, info in spaces.items()}
+    out: dict[str, Any] = dict(engine.space_models())
     out["bm25"] = "bm25s:" + str(engine.store.manifest.get("spaces", {}).get("bm25", {}).get("tokenizer", "?"))
     return out
 
@@ -322,7 +337,7 @@ def sweep_fusion(
     present = sorted({n for runs in cands.values() for n in runs}, key=TEXT_RUNS.index)
     grid = dict(weight_grid or {"text": (1.0,), "bm25": (0.5, 0.75, 1.0, 1.5), "clip_text": (0.0, 0.1, 0.25, 0.5, 1.0)})
     names = [n for n in present if n in grid]
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rrf_k, depth, combo in itertools.product(rrf_ks, depths, itertools.product(*(grid[n] for n in names))):
         weights = dict(zip(names, combo))
         per_q = {}

@@ -13,8 +13,8 @@ an explicit "not found" and no model is called.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -26,11 +26,21 @@ from pipelines.rag.citations import (
     is_not_found,
     renumber_citations,
 )
-from pipelines.rag.extractive import extractive_answer, question_terms
+from pipelines.rag.evidence import (
+    Answer,
+    Citation,
+    Evidence,
+    EvidencePack,
+    Generation,
+    GenerationRequest,
+    Searcher,
+)
+from pipelines.rag.extractive import question_terms
+from pipelines.rag.llms import Backend, resolve_backend
 from retriever.config import LlmConfig
 from retriever.encoders.base import TextEncoder
-from retriever.errors import ConfigError, QueryError
-from retriever.types import Hit, Locator
+from retriever.errors import QueryError
+from retriever.types import Hit
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -48,82 +58,6 @@ __all__ = [
     "select_relevant",
     "term_weights",
 ]
-
-
-class Searcher(Protocol):
-    """Anything that searches the store (``Engine`` does)."""
-
-    def search(self, text=None, image=None, audio=None, k=10, modalities=None, where=None) -> list[Hit]: ...
-
-
-@dataclass(frozen=True)
-class Evidence:
-    """One numbered piece of evidence ``[n]``; ``as_image``: sent to the model as an image."""
-
-    n: int
-    hit: Hit
-    as_image: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"n": self.n, "as_image": self.as_image, **self.hit.to_dict()}
-
-
-@dataclass(frozen=True)
-class EvidencePack:
-    """The numbered evidence and the data URLs of the images among it (by number)."""
-
-    evidence: list[Evidence]
-    images: Mapping[int, str] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Citation:
-    """A valid ``[n]`` of the answer, resolved to the evidence it points at."""
-
-    n: int
-    item_id: int
-    citation: str
-    locator: Locator
-    source: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "item_id": self.item_id,
-            "citation": self.citation,
-            "locator": self.locator.to_dict(),
-            "source": self.source,
-        }
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A checked answer: every ``[n]`` left in ``text`` refers to ``evidence``."""
-
-    question: str
-    text: str
-    citations: list[Citation]
-    evidence: list[Evidence]
-    unsupported: list[str]
-    invalid_citations: list[int]
-    found: bool
-    model: str
-    usage: dict | None
-    extractive: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "question": self.question,
-            "text": self.text,
-            "found": self.found,
-            "model": self.model,
-            "extractive": self.extractive,
-            "usage": self.usage,
-            "citations": [c.to_dict() for c in self.citations],
-            "unsupported": list(self.unsupported),
-            "invalid_citations": list(self.invalid_citations),
-            "evidence": [e.to_dict() for e in self.evidence],
-        }
 
 
 # ---- relevance and the evidence pack ------------------------------------------------
@@ -180,8 +114,8 @@ def ask(
     text_encoder: TextEncoder,
     config: LlmConfig,
     k: int = 8,
-    where: Any = None,
-    modalities: Any = None,
+    where: Mapping[str, Any] | None = None,
+    modalities: Sequence[str] | None = None,
     llm: str | BaseChatModel | None = None,
     prompt: str | None = None,
     on_token: Callable[[str], None] | None = None,
@@ -195,34 +129,26 @@ def ask(
     checked version, numbered in order of citation. The extractive answer comes whole, as
     ``Answer.text``.
     """
-    from pipelines.rag import llms
-
     if not isinstance(question, str) or not question.strip():
         raise QueryError(f"ask needs a non-empty question string, got {question!r}")
     if k < 1:
         raise QueryError(f"ask needs k >= 1, got {k}")
-    question = question.strip()
-    _check_config(config)
-    backend = llms.resolve_backend(llm, config)
+    question = question.strip()  # the settings in ``config`` were checked by LlmConfig itself
+    backend = resolve_backend(llm, config)
     template = None if backend.extractive else prompts.resolve_template(prompt, config.prompt)
     hits = searcher.search(text=question, k=k, modalities=modalities, where=where)
     relevant = select_relevant(question, hits, text_encoder, config)
-    if not relevant:
-        return _not_found(question, [], backend.name, backend.extractive, None, on_token)
     pack = build_evidence(relevant, images=backend.accepts_images, config=config)
-    if backend.extractive:
-        weights = term_weights(searcher, question)
-        text = extractive_answer(question, pack.evidence, text_encoder, config, weights)
-        if text is None:
-            return _not_found(question, pack.evidence, backend.name, True, None, on_token)
-        answer = _finish(question, text, pack, backend.name, None, True)
-        if on_token is not None:
-            on_token(answer.text)
-        return answer
-    assert template is not None
-    parts = prompts.build_parts(template, question, pack.evidence, pack.images, config.max_evidence_chars)
-    generation = backend.generate(parts, on_token)
-    return _finish(question, generation.text, pack, backend.name, generation.usage, False)
+    if relevant:
+        weights = term_weights(searcher, question) if backend.extractive else None
+        request = GenerationRequest(question, pack, config, text_encoder, template, weights)
+        generation = backend.generate(request, on_token if backend.streams else None)
+    else:  # nothing relevant: the answer is "not found" and no model is called
+        generation = Generation(prompts.NOT_FOUND_TEXT, None)
+    answer = _checked(question, generation, pack, backend)
+    if on_token is not None and not (relevant and backend.streams):
+        on_token(answer.text)  # what was not streamed comes whole: the checked answer
+    return answer
 
 
 def term_weights(searcher: Searcher, question: str) -> dict[str, float] | None:
@@ -233,19 +159,10 @@ def term_weights(searcher: Searcher, question: str) -> dict[str, float] | None:
     return store.bm25().index.idf(question_terms(question))
 
 
-def _check_config(config: LlmConfig) -> None:
-    limits = {"max_images": 0, "max_image_px": 16, "max_evidence_chars": 50, "extractive_sentences": 1}
-    for name, least in limits.items():
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < least:
-            raise ConfigError(f"setting llm.{name} must be an integer >= {least}, got {value!r}")
-
-
-def _finish(
-    question: str, raw: str, pack: EvidencePack, model: str, usage: dict | None, extractive: bool
-) -> Answer:
+def _checked(question: str, generation: Generation, pack: EvidencePack, backend: Backend) -> Answer:
     """The checked answer, its evidence renumbered: cited evidence ``[1]..[m]`` in order of first citation."""
-    check = check_citations(raw, len(pack.evidence))
+    model, usage, extractive = backend.name, generation.usage, backend.extractive
+    check = check_citations(generation.text, len(pack.evidence))
     if is_not_found(check.text) or not check.text:
         text = check.text or prompts.NOT_FOUND_TEXT
         return Answer(question, text, [], pack.evidence, [], check.invalid, False, model, usage, extractive)
@@ -276,16 +193,3 @@ def _citation(ev: Evidence) -> Citation:
     return Citation(
         n=ev.n, item_id=hit.item_id, citation=hit.citation, locator=hit.locator, source=hit.source_uri
     )
-
-
-def _not_found(
-    question: str,
-    evidence: list[Evidence],
-    model: str,
-    extractive: bool,
-    usage: dict | None,
-    on_token: Callable[[str], None] | None,
-) -> Answer:
-    if on_token is not None:
-        on_token(prompts.NOT_FOUND_TEXT)
-    return Answer(question, prompts.NOT_FOUND_TEXT, [], evidence, [], [], False, model, usage, extractive)

@@ -19,23 +19,22 @@ report say about revenue?" must not quote sentences that mention a report).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pipelines.rag.evidence import Evidence, Generation, GenerationRequest
+from pipelines.rag.prompts import NOT_FOUND_TEXT
 from retriever.config import LlmConfig
 from retriever.encoders.base import TextEncoder
 from retriever.index.bm25 import tokenize
 
-if TYPE_CHECKING:
-    from pipelines.rag.answer import Evidence
-
 __all__ = [
     "EXTRACTIVE_HEADER",
     "Candidate",
+    "ExtractiveBackend",
     "content_coverage",
     "extractive_answer",
     "question_terms",
@@ -268,3 +267,22 @@ def extractive_answer(
         return None
     lines = [EXTRACTIVE_HEADER] + [f"- {_with_citation(c.sentence, c.n)}" for c in chosen]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ExtractiveBackend:
+    """The offline default backend: the answer is picked from the evidence, nothing is generated.
+
+    It does not stream: ``ask`` passes the checked answer to ``on_token`` whole.
+    """
+
+    name: str = "extractive"
+    accepts_images: bool = False
+    extractive: bool = True
+    streams: bool = False
+
+    def generate(self, request: GenerationRequest, on_token: Callable[[str], None] | None = None) -> Generation:
+        """The extracted answer (see :func:`extractive_answer`), or the "not found" text."""
+        text = extractive_answer(request.question, request.pack.evidence, request.text_encoder,
+                                 request.config, request.term_weights)
+        return Generation(NOT_FOUND_TEXT if text is None else text, None)

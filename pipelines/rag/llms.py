@@ -14,12 +14,21 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from pipelines.rag import prompts
+from pipelines.rag.evidence import Generation, GenerationRequest
+from pipelines.rag.extractive import ExtractiveBackend
 from retriever.config import LlmConfig
+from retriever.config.checks import parse_llm_spec
+from retriever.config.env import env_value
 from retriever.errors import ConfigError, GenerationError
 
+if TYPE_CHECKING:
+    from langchain_core.language_models import BaseChatModel
+
 __all__ = [
+    "Backend",
     "ChatBackend",
     "ExtractiveBackend",
     "Generation",
@@ -33,21 +42,29 @@ DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 _LOCAL_KEY = "not-needed"  # local OpenAI-compatible servers ignore the key but the client wants one
 
 
-@dataclass(frozen=True)
-class Generation:
-    """What a backend produced: the raw answer text and token usage when reported."""
+class Backend(Protocol):
+    """What answers a question from numbered evidence: the extractive default or a chat model.
 
-    text: str
-    usage: dict | None
+    ``accepts_images``: images among the evidence are sent as image parts. ``streams``:
+    ``generate`` passes the raw text to ``on_token`` as it comes; a backend that does not
+    stream leaves ``on_token`` to ``ask``, which passes it the checked answer whole.
+    """
 
+    @property
+    def name(self) -> str: ...
 
-@dataclass(frozen=True)
-class ExtractiveBackend:
-    """The offline default: the answer is picked from the evidence, nothing is generated."""
+    @property
+    def accepts_images(self) -> bool: ...
 
-    name: str = "extractive"
-    accepts_images: bool = False
-    extractive: bool = True
+    @property
+    def extractive(self) -> bool: ...
+
+    @property
+    def streams(self) -> bool: ...
+
+    def generate(self, request: GenerationRequest, on_token: Callable[[str], None] | None = None) -> Generation:
+        """The raw answer to ``request``, citing its evidence as ``[n]``."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -55,20 +72,32 @@ class ChatBackend:
     """A LangChain chat model plus what error messages may say about it."""
 
     name: str
-    model: Any = field(repr=False)  # BaseChatModel
+    model: BaseChatModel = field(repr=False)
     accepts_images: bool
     endpoint: str | None = None  # URL without credentials, for error messages
     secret: str | None = field(default=None, repr=False)  # redacted from error text
     extractive: bool = False
+    streams: bool = True
 
-    def generate(self, parts: list[dict[str, Any]], on_token: Callable[[str], None] | None) -> Generation:
-        """Send one user message made of ``parts``; stream through ``on_token`` when given.
+    def generate(self, request: GenerationRequest, on_token: Callable[[str], None] | None = None) -> Generation:
+        """Send the prompt (``request.template`` filled in: text with image parts in place) as one
+        user message; stream through ``on_token`` when given.
 
         Backend failures become ``GenerationError``; errors raised by ``on_token`` propagate as they are.
         """
+        if request.template is None:
+            raise ConfigError(f"LLM backend {self.name} needs a prompt template; the request has none")
+        pack = request.pack
+        parts = prompts.build_parts(request.template, request.question, pack.evidence, pack.images,
+                                    request.config.max_evidence_chars)
+        return self._send(parts, on_token)
+
+    def _send(self, parts: list[dict[str, Any]], on_token: Callable[[str], None] | None) -> Generation:
+        """Send one user message made of ``parts`` (OpenAI-style content parts)."""
         from langchain_core.messages import HumanMessage
 
-        messages = [HumanMessage(content=parts)]
+        content: list[str | dict[Any, Any]] = list(parts)
+        messages = [HumanMessage(content=content)]
         if on_token is None:
             message = self._call(lambda: self.model.invoke(messages))
             return Generation(_text(message.content), _usage(message))
@@ -93,7 +122,7 @@ class ChatBackend:
         return f" at {self.endpoint}" if self.endpoint else ""
 
     def _describe(self, exc: BaseException) -> str:
-        causes = []
+        causes: list[str] = []
         seen: BaseException | None = exc
         while seen is not None and len(causes) < 3:
             causes.append(f"{type(seen).__name__}: {seen}")
@@ -127,29 +156,16 @@ def _usage(message: Any) -> dict | None:
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
-    """Split a spec: ``"openai:gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``, ``"extractive"`` -> (kind, None)."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ConfigError(f"LLM spec must be a non-empty string, got {spec!r}")
-    kind, _, model = spec.strip().partition(":")
-    kind = kind.lower()
-    if kind == "extractive":
-        if model:
-            raise ConfigError(f"LLM spec {spec!r}: 'extractive' takes no model name")
-        return kind, None
-    if kind in ("openai", "ollama"):
-        if not model.strip():
-            raise ConfigError(f"LLM spec {spec!r} names no model; expected {kind}:MODEL")
-        return kind, model.strip()
-    if kind == "llamacpp":
-        return kind, model.strip() or None
-    raise ConfigError(
-        f"unknown LLM spec {spec!r}; expected extractive, openai:MODEL, ollama:MODEL or llamacpp[:PATH]"
-    )
+    """Split a spec: ``"openai:gpt-4o-mini"`` -> ``("openai", "gpt-4o-mini")``, ``"extractive"`` -> (kind, None).
+
+    The rule lives with the setting it checks (``LlmConfig``); this name stays for callers.
+    """
+    return parse_llm_spec(spec)
 
 
 def resolve_backend(
-    llm: Any, config: LlmConfig, env: Mapping[str, str] | None = None
-) -> ExtractiveBackend | ChatBackend:
+    llm: str | BaseChatModel | None, config: LlmConfig, env: Mapping[str, str] | None = None
+) -> Backend:
     """The backend for ``llm`` (a spec string or a LangChain ``BaseChatModel``), default ``config.spec``."""
     env = os.environ if env is None else env
     if llm is None or isinstance(llm, str):
@@ -174,14 +190,14 @@ def resolve_backend(
 
 def openai_endpoint(config: LlmConfig, env: Mapping[str, str]) -> tuple[str | None, str | None]:
     """(base URL or None for api.openai.com, API key or None) from config, then env."""
-    base = config.base_url or env.get("MMRAG_LLM_BASE_URL") or env.get("OPENAI_BASE_URL") or None
-    key = config.api_key or env.get("MMRAG_LLM_API_KEY") or env.get("OPENAI_API_KEY") or None
+    base = config.base_url or env_value("MMRAG_LLM_BASE_URL", env) or env.get("OPENAI_BASE_URL") or None
+    key = config.api_key or env_value("MMRAG_LLM_API_KEY", env) or env.get("OPENAI_API_KEY") or None
     return (base.rstrip("/") if base else None), key
 
 
 def ollama_endpoint(config: LlmConfig, env: Mapping[str, str]) -> str:
     """Ollama's URL from config, ``MMRAG_LLM_BASE_URL`` or ``OLLAMA_HOST`` (scheme optional)."""
-    url = config.base_url or env.get("MMRAG_LLM_BASE_URL") or env.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL
+    url = config.base_url or env_value("MMRAG_LLM_BASE_URL", env) or env.get("OLLAMA_HOST") or DEFAULT_OLLAMA_URL
     url = url.strip().rstrip("/")
     if "://" not in url:
         url = f"http://{url}"
@@ -200,6 +216,7 @@ def _require(module: str) -> None:
 def _openai(model: str, config: LlmConfig, env: Mapping[str, str]) -> ChatBackend:
     _require("langchain_openai")
     from langchain_openai import ChatOpenAI
+    from pydantic import SecretStr
 
     base, key = openai_endpoint(config, env)
     if key is None and base is None:
@@ -214,9 +231,9 @@ def _openai(model: str, config: LlmConfig, env: Mapping[str, str]) -> ChatBacken
     chat = ChatOpenAI(
         model=model,
         base_url=base,
-        api_key=key or _LOCAL_KEY,
+        api_key=SecretStr(key or _LOCAL_KEY),
         temperature=config.temperature,
-        max_tokens=config.max_tokens,
+        max_completion_tokens=config.max_tokens,  # the alias of the max_tokens field
         timeout=config.timeout_s,
         max_retries=config.max_retries,
         stream_usage=True,

@@ -16,10 +16,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.rag.evidence import Evidence
 from retriever.errors import ConfigError
 
 if TYPE_CHECKING:
-    from pipelines.rag.answer import Evidence
+    from PIL.Image import Image as PILImage
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -153,18 +154,24 @@ def image_data_url(path: str, max_px: int) -> str | None:
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im.draft("RGB", (max_px, max_px))  # JPEG: decode at a reduced scale
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P"):
-                rgba = im.convert("RGBA")
-                im = Image.new("RGB", rgba.size, "white")
-                im.paste(rgba, mask=rgba.split()[-1])
-            im = im.convert("RGB")
-            im.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
+        with Image.open(path) as opened:
+            opened.draft("RGB", (max_px, max_px))  # JPEG: decode at a reduced scale
+            image = _on_white(ImageOps.exif_transpose(opened))
+            image.thumbnail((max_px, max_px), Image.Resampling.LANCZOS)
             buf = io.BytesIO()
-            im.save(buf, "JPEG", quality=85)
+            image.save(buf, "JPEG", quality=85)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         log.warning("image evidence %s not usable, sending its text instead: %s", path, exc)
         return None
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _on_white(image: PILImage) -> PILImage:
+    """``image`` as RGB, transparent parts on a white background."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA", "P"):
+        rgba = image.convert("RGBA")
+        image = Image.new("RGB", rgba.size, "white")
+        image.paste(rgba, mask=rgba.split()[-1])
+    return image.convert("RGB")

@@ -30,9 +30,22 @@ from retriever.errors import (
 )
 
 __all__ = [
-    "ApiError", "ItemNotFound", "ItemRemoved", "SourceGone", "SourceChanged", "SourceForbidden",
-    "IngestForbidden", "IngestPathMissing", "UploadTooLarge", "BadUpload", "BadRange", "RangeNotSatisfiable",
-    "error_response", "install_error_handlers", "status_of", "validation_message",
+    "ApiError",
+    "BadRange",
+    "BadUpload",
+    "IngestForbidden",
+    "IngestPathMissing",
+    "ItemNotFound",
+    "ItemRemoved",
+    "RangeNotSatisfiable",
+    "SourceChanged",
+    "SourceForbidden",
+    "SourceGone",
+    "UploadTooLarge",
+    "error_response",
+    "install_error_handlers",
+    "status_of",
+    "validation_message",
 ]
 
 class ApiError(Exception):
@@ -180,13 +193,14 @@ def install_error_handlers(app: FastAPI) -> None:
                               "InternalError")
 
 
+_HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _methods_of(request: Request) -> list[str]:
-    """The methods the routes of the request's path accept."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if route.matches(request.scope)[0] != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """The standard HTTP methods that some route of the request's path accepts (included routers too)."""
+    routes = request.app.routes
+    return [method for method in sorted(_HTTP_METHODS)
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in routes)]
 
 
 def _http_message(exc: StarletteHTTPException) -> str:

@@ -22,16 +22,18 @@ import os
 import re
 import stat
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from email.utils import formatdate
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Sequence
+from typing import Any, BinaryIO
 from urllib.parse import quote
 
 import anyio
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
 
+from pipelines.engine import SourceFile
 from pipelines.server.errors import (
     BadRange,
     ItemNotFound,
@@ -42,6 +44,7 @@ from pipelines.server.errors import (
 )
 from pipelines.server.limits import shown
 from pipelines.server.links import source_version
+from retriever.catalog import ItemRecord, SourceRecord
 
 __all__ = ["OpenedFile", "VerifiedFiles", "byte_range", "file_response", "open_source", "open_thumbnail"]
 
@@ -100,7 +103,7 @@ def _content_hash(fh: BinaryIO) -> str:
     return "blake2b:" + h.hexdigest()
 
 
-def _check_version(rec: Any, source: Any, version: str | None) -> None:
+def _check_version(rec: ItemRecord, source: SourceRecord, version: str | None) -> None:
     current = source_version(source.content_hash)
     if version is not None and version != current:
         raise SourceChanged(
@@ -110,7 +113,7 @@ def _check_version(rec: Any, source: Any, version: str | None) -> None:
         )
 
 
-def _open_source_file(rec: Any) -> tuple[BinaryIO, os.stat_result]:
+def _open_source_file(rec: ItemRecord) -> tuple[BinaryIO, os.stat_result]:
     path = Path(rec.source_uri)  # a source of the catalog, never a path from the request
     try:
         opened = _open_regular(path)
@@ -126,7 +129,7 @@ def _open_source_file(rec: Any) -> tuple[BinaryIO, os.stat_result]:
     return opened
 
 
-def _check_confined(rec: Any, st: os.stat_result, allowed: Sequence[Path]) -> None:
+def _check_confined(rec: ItemRecord, st: os.stat_result, allowed: Sequence[Path]) -> None:
     """A source under an allowed directory must still resolve inside them, to the file that was opened."""
     path = Path(rec.source_uri)
     if not allowed or not _under(path, allowed):
@@ -144,7 +147,7 @@ def _check_confined(rec: Any, st: os.stat_result, allowed: Sequence[Path]) -> No
         raise refused
 
 
-def _check_unchanged(rec: Any, source: Any, fh: BinaryIO, st: os.stat_result,
+def _check_unchanged(rec: ItemRecord, source: SourceRecord, fh: BinaryIO, st: os.stat_result,
                      verified: VerifiedFiles) -> None:
     """The open file is the ingested content: same size and mtime, or else the same content hash."""
     if st.st_size == source.size and source.mtime is not None and abs(st.st_mtime - source.mtime) < 1e-3:
@@ -160,7 +163,7 @@ def _check_unchanged(rec: Any, source: Any, fh: BinaryIO, st: os.stat_result,
     verified.add(key)
 
 
-def _media_type(source: Any) -> tuple[str, bool]:
+def _media_type(source: SourceRecord) -> tuple[str, bool]:
     """(Content-Type to serve the source with, whether it is HTML)."""
     ctype = source.content_type or mimetypes.guess_type(source.uri)[0] or "application/octet-stream"
     if ctype.startswith("text/"):
@@ -174,12 +177,10 @@ def _inline(name: str) -> str:
     return f"inline; filename*=utf-8''{quoted}" if quoted != name else f'inline; filename="{name}"'
 
 
-def open_source(engine: Any, rec: Any, *, allowed: Sequence[Path], version: str | None,
+def open_source(found: SourceFile, *, allowed: Sequence[Path], version: str | None,
                 verified: VerifiedFiles) -> OpenedFile:
-    """The source file of item ``rec``, open and checked (see the module docstring)."""
-    source = engine.store.catalog.get_source(rec.source_uri)
-    if source is None:
-        raise ItemNotFound(f"no item {rec.id} in the store (its source was removed)")
+    """The evidence file ``found`` (``Engine.source_file``), open and checked (see the module docstring)."""
+    rec, source = found.item, found.source
     _check_version(rec, source, version)
     fh, st = _open_source_file(rec)
     try:
@@ -195,13 +196,13 @@ def open_source(engine: Any, rec: Any, *, allowed: Sequence[Path], version: str 
     return OpenedFile(fh, st, media_type, headers)
 
 
-def open_thumbnail(thumb_dir: Path, path: Path, missing: str) -> OpenedFile:
-    """The JPEG thumbnail at ``path``, which must lie inside ``thumb_dir`` (a catalog path is not trusted)."""
-    base, resolved = thumb_dir.resolve(), path.resolve()
+def open_thumbnail(path: Path | None, missing: str) -> OpenedFile:
+    """The JPEG thumbnail at ``path`` (``Engine.thumbnail``: inside the store's thumbnail folder);
+    ``ItemNotFound`` with the message ``missing`` when there is none or it is not a regular file."""
     opened = None
-    if resolved.is_relative_to(base) and resolved != base:
+    if path is not None:
         try:
-            opened = _open_regular(resolved)
+            opened = _open_regular(path)
         except OSError:
             opened = None
     if opened is None:

@@ -8,12 +8,13 @@ cut off at the limit.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, fields
-from typing import Any, Awaitable, Callable, MutableMapping
+from typing import Any
 
 from starlette.exceptions import HTTPException
 
-__all__ = ["ServerLimits", "BodyLimitMiddleware", "BodyTooLarge", "shown"]
+__all__ = ["BodyLimitMiddleware", "BodyTooLarge", "ServerLimits", "shown"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

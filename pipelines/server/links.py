@@ -8,12 +8,10 @@ at the evidence inside the file.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
-
-from sqlalchemy import select
+from collections.abc import Iterable
+from typing import Any
 
 from pipelines.engine import Engine
-from retriever.catalog.models import SourceRow
 from retriever.types import Hit, Locator
 
 __all__ = ["Links", "open_fragment", "source_version"]
@@ -45,15 +43,8 @@ def source_version(content_hash: str | None) -> str | None:
 
 
 def _versions(engine: Engine, uris: Iterable[str]) -> dict[str, str | None]:
-    """The version of each source, read in one query per 500 sources."""
-    wanted = sorted(set(uris))
-    out: dict[str, str | None] = {}
-    with engine.store.catalog.session() as s:
-        for start in range(0, len(wanted), 500):
-            chunk = wanted[start:start + 500]
-            rows = s.execute(select(SourceRow.uri, SourceRow.content_hash).where(SourceRow.uri.in_(chunk)))
-            out.update((uri, source_version(h)) for uri, h in rows)
-    return out
+    """The version of each source (one catalog read for all of them)."""
+    return {uri: source_version(h) for uri, h in engine.source_hashes(uris).items()}
 
 
 class Links:

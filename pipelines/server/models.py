@@ -5,6 +5,7 @@ exactly what the server accepts: a request the schema allows is never refused as
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -25,15 +26,27 @@ from pipelines.server.limits import ServerLimits, shown
 from retriever.types import Modality
 
 __all__ = [
-    "ErrorBody", "ValidationErrorBody", "HealthBody", "RequestModels", "request_models", "responses",
-    "BINARY", "MAX_ITEM_ID", "MAX_MODALITY_NAMES", "VERSION_PATTERN",
+    "BINARY",
+    "MAX_ITEM_ID",
+    "MAX_MODALITY_NAMES",
+    "VERSION_PATTERN",
+    "AskRequest",
+    "ErrorBody",
+    "HealthBody",
+    "IngestRequest",
+    "RequestModels",
+    "SearchRequest",
+    "ValidationErrorBody",
+    "WhereFilter",
+    "request_models",
+    "responses",
 ]
 
 MAX_ITEM_ID = 2**63 - 1  # item ids are signed 64-bit integers in the catalog
 MAX_MODALITY_NAMES = 16
 VERSION_PATTERN = r"^[0-9a-f]{16}$"
 _HAS_TEXT = re.compile(r"\S")
-BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY: dict[str, Any] = {"schema": {"type": "string", "format": "binary"}}
 
 
 class ErrorBody(BaseModel):
@@ -100,17 +113,65 @@ def _text_with_content(value: str) -> str:
     return value
 
 
-def query_text_type(limits: ServerLimits) -> Any:
-    """Non-blank text of at most ``max_query_chars`` characters (the schema says so too)."""
-    return Annotated[
-        str,
-        Field(min_length=1, max_length=limits.max_query_chars,
-              json_schema_extra={"pattern": _HAS_TEXT.pattern}),
-        AfterValidator(_text_with_content),
-    ]
+class WhereFilter(BaseModel):
+    """Filters: ``source`` (glob on the path), ``kind``, ``modality``, or a metadata key -> value.
+
+    The shape the routes rely on; each app's model (``request_models``) adds its limits.
+    """
+
+    model_config = ConfigDict(extra="allow")
+
+    source: str | None = None
+    kind: str | None = None
+    modality: Modality | None = None
+
+    def filters(self) -> dict[str, Any]:
+        """The filters that were given, as the engine takes them."""
+        out = dict(self.model_extra or {})
+        out.update((k, v) for k, v in (("source", self.source), ("kind", self.kind)) if v is not None)
+        if self.modality is not None:
+            out["modality"] = self.modality.value
+        return out
 
 
-def _where_value(limit: int) -> Any:
+class SearchRequest(BaseModel):
+    """The body of ``POST /search`` (its static shape; see ``WhereFilter``)."""
+
+    text: str
+    k: int | None = None
+    modalities: list[Modality] | None = None
+    where: WhereFilter | None = None
+    mmr: bool | None = None
+
+
+class AskRequest(BaseModel):
+    """The body of ``POST /ask``."""
+
+    question: str
+    k: int = 8
+    modalities: list[Modality] | None = None
+    where: WhereFilter | None = None
+
+
+class IngestRequest(BaseModel):
+    """The body of ``POST /ingest``."""
+
+    paths: list[str]
+    prune: bool = False
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The request types of one app, with its limits: ``text`` is the type of query text and
+    questions (an ``Annotated`` str), the others the JSON bodies."""
+
+    text: Any
+    search: type[SearchRequest]
+    ask: type[AskRequest]
+    ingest: type[IngestRequest]
+
+
+def _where_value_check(limit: int) -> Callable[[Any], Any]:
     def check(value: Any) -> Any:
         if isinstance(value, str):
             if len(value) > limit:
@@ -121,68 +182,60 @@ def _where_value(limit: int) -> Any:
             return value
         raise PydanticCustomError("where_value_type", "expected a string, number or boolean")
 
-    schema = {"anyOf": [{"type": "string", "maxLength": limit}, {"type": "number"}, {"type": "boolean"}]}
-    return Annotated[Any, PlainValidator(check), WithJsonSchema(schema)]
+    return check
 
 
-def where_model(limits: ServerLimits) -> type[BaseModel]:
-    """Filters: ``source`` (glob on the path), ``kind``, ``modality``, or a metadata key -> value."""
-    Text = Annotated[str, Field(max_length=limits.max_where_chars)]
-    Value = _where_value(limits.max_where_chars)
-    keys = limits.max_where_keys
-
-    class Where(BaseModel):
-        model_config = ConfigDict(extra="allow", json_schema_extra={
-            "maxProperties": keys, "propertyNames": {"minLength": 1, "maxLength": limits.max_where_chars},
-        })
-        __pydantic_extra__: dict[str, Value] = Field(init=False)
-
-        source: Text | None = Field(None, description="glob on the source path")
-        kind: Text | None = Field(None, description="item kind: chunk, page, figure, photo, window, keyframe")
-        modality: Modality | None = None
-
-        @model_validator(mode="after")
-        def _bounded(self) -> "Where":
-            extra = self.model_extra or {}
-            count = len(self.model_fields_set | set(extra))
-            if count > keys:
-                raise PydanticCustomError("too_many_filters", "at most {limit} filters are accepted, "
-                                          "got {count}", {"limit": keys, "count": count})
-            for key in extra:
-                if not key or len(key) > limits.max_where_chars:
-                    message = "a where key must have 1 to {limit} characters, got {key}"
-                    raise PydanticCustomError("where_key", message, {"limit": limits.max_where_chars,
-                                                                     "key": shown(key)})
-            return self
-
-        def filters(self) -> dict[str, Any]:
-            """The filters that were given, as the engine takes them."""
-            out = dict(self.model_extra or {})
-            out.update((k, v) for k, v in (("source", self.source), ("kind", self.kind)) if v is not None)
-            if self.modality is not None:
-                out["modality"] = self.modality.value
-            return out
-
-    return Where
+def _check_where_keys(where: BaseModel, limits: ServerLimits) -> None:
+    """At most ``max_where_keys`` filters, each key 1 to ``max_where_chars`` characters."""
+    extra = where.model_extra or {}
+    count = len(where.model_fields_set | set(extra))
+    if count > limits.max_where_keys:
+        raise PydanticCustomError("too_many_filters", "at most {limit} filters are accepted, "
+                                  "got {count}", {"limit": limits.max_where_keys, "count": count})
+    for key in extra:
+        if not key or len(key) > limits.max_where_chars:
+            message = "a where key must have 1 to {limit} characters, got {key}"
+            raise PydanticCustomError("where_key", message, {"limit": limits.max_where_chars,
+                                                             "key": shown(key)})
 
 
-@dataclass(frozen=True)
-class RequestModels:
-    text: Any
-    search: type[BaseModel]
-    ask: type[BaseModel]
-    ingest: type[BaseModel]
+def _where_schema(limits: ServerLimits) -> dict[str, Any]:
+    return {"maxProperties": limits.max_where_keys,
+            "propertyNames": {"minLength": 1, "maxLength": limits.max_where_chars}}
+
+
+def _where_value_schema(chars: int) -> dict[str, Any]:
+    return {"anyOf": [{"type": "string", "maxLength": chars}, {"type": "number"}, {"type": "boolean"}]}
 
 
 def request_models(limits: ServerLimits) -> RequestModels:
-    """The JSON bodies of POST /search, /ask and /ingest under ``limits``."""
-    Text = query_text_type(limits)
-    Where = where_model(limits)
+    """The query text type and the JSON bodies of POST /search, /ask and /ingest under ``limits``."""
+    chars = limits.max_where_chars
+    Text = Annotated[
+        str,
+        Field(min_length=1, max_length=limits.max_query_chars, json_schema_extra={"pattern": _HAS_TEXT.pattern}),
+        AfterValidator(_text_with_content),
+    ]
+    WhereText = Annotated[str, Field(max_length=chars)]
+    WhereValue = Annotated[Any, PlainValidator(_where_value_check(chars)), WithJsonSchema(_where_value_schema(chars))]
     K = Annotated[int, Field(ge=1, le=limits.max_k), BeforeValidator(_whole_number)]
     Modalities = Annotated[list[Modality], Field(max_length=MAX_MODALITY_NAMES)]
     PathText = Annotated[str, Field(min_length=1, max_length=limits.max_path_chars)]
 
-    class SearchBody(BaseModel):
+    class Where(WhereFilter):
+        model_config = ConfigDict(extra="allow", json_schema_extra=_where_schema(limits))
+        __pydantic_extra__: dict[str, WhereValue] = Field(init=False)
+
+        source: WhereText | None = Field(None, description="glob on the source path")
+        kind: WhereText | None = Field(None, description="item kind: chunk, page, figure, photo, window, keyframe")
+        modality: Modality | None = None
+
+        @model_validator(mode="after")
+        def _bounded(self) -> "Where":
+            _check_where_keys(self, limits)
+            return self
+
+    class SearchBody(SearchRequest):
         model_config = ConfigDict(extra="forbid")
 
         text: Text
@@ -191,7 +244,7 @@ def request_models(limits: ServerLimits) -> RequestModels:
         where: Where | None = None
         mmr: StrictBool | None = None
 
-    class AskBody(BaseModel):
+    class AskBody(AskRequest):
         model_config = ConfigDict(extra="forbid")
 
         question: Text
@@ -199,7 +252,7 @@ def request_models(limits: ServerLimits) -> RequestModels:
         modalities: Modalities | None = None
         where: Where | None = None
 
-    class IngestBody(BaseModel):
+    class IngestBody(IngestRequest):
         model_config = ConfigDict(extra="forbid")
 
         paths: list[PathText] = Field(min_length=1, max_length=limits.max_ingest_paths)

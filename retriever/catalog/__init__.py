@@ -1,5 +1,28 @@
-"""The SQL catalog: sources, items, durable vectors, change log and ingest runs."""
+"""The SQL catalog: sources, items, durable vectors, change log and ingest runs.
 
-from retriever.catalog.repository import Catalog, ItemRecord, NewItem, SourceInfo, SourceRecord
+The only package that speaks SQL; everything else gets the frozen records of ``records``.
+"""
 
-__all__ = ["Catalog", "ItemRecord", "NewItem", "SourceInfo", "SourceRecord"]
+from retriever.catalog.records import (
+    FailedSources,
+    ItemRecord,
+    ItemSummary,
+    NewItem,
+    RunRecord,
+    SourceCount,
+    SourceInfo,
+    SourceRecord,
+)
+from retriever.catalog.repository import Catalog
+
+__all__ = [
+    "Catalog",
+    "FailedSources",
+    "ItemRecord",
+    "ItemSummary",
+    "NewItem",
+    "RunRecord",
+    "SourceCount",
+    "SourceInfo",
+    "SourceRecord",
+]

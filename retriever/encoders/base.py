@@ -18,8 +18,15 @@ __all__ = ["TextEncoder", "ImageTextEncoder"]
 class TextEncoder(Protocol):
     """A model that embeds text (the sentence-transformers text space)."""
 
-    space: str
-    model_id: str  # stable identity recorded in the store manifest (no loading needed)
+    @property
+    def space(self) -> str:
+        """The space its vectors go into (a ``retriever.types.Space`` value)."""
+        ...
+
+    @property
+    def model_id(self) -> str:
+        """Stable identity recorded in the store manifest (known without loading the model)."""
+        ...
 
     @property
     def dim(self) -> int: ...

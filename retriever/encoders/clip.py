@@ -28,6 +28,7 @@ from retriever.encoders.spec import (
     read_config_json,
 )
 from retriever.errors import ConfigError, ModelLoadError
+from retriever.types import Space
 
 __all__ = ["REGISTRY_LOCK", "ClipEncoder", "register_model_config"]
 
@@ -47,15 +48,13 @@ class _Loaded:
 class ClipEncoder:
     """ImageTextEncoder over an open_clip model; outputs float32 L2-normalised rows."""
 
-    space = "clip"
+    space: str = Space.CLIP
 
     def __init__(self, spec: str | ClipSpec, models_cfg: ModelsConfig | None = None) -> None:
         self.spec = parse_clip_spec(spec) if isinstance(spec, str) else spec
         if not self.spec.enabled:
             raise ConfigError("CLIP spec 'none' has no model; build_clip_encoder() returns None for it")
         self._cfg = models_cfg or ModelsConfig()
-        if self._cfg.batch_size < 1:
-            raise ConfigError(f"models.batch_size is {self._cfg.batch_size}; expected a positive integer")
         self._lock = threading.Lock()
         self._state: _Loaded | None = None
         self._model_id: str | None = None
@@ -343,19 +342,25 @@ def _hub_files(tag_cfg: dict[str, Any]) -> tuple[str, list[str]]:
     return repo, names
 
 
+def _cached_on_hub(tag_cfg: dict[str, Any]) -> str | None:
+    """The tag's weights in the local Hugging Face cache, if huggingface_hub is there and has them."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    repo, names = _hub_files(tag_cfg)
+    for name in names:
+        hit = try_to_load_from_cache(repo_id=repo, filename=name)
+        if isinstance(hit, str) and os.path.isfile(hit):
+            return hit
+    return None
+
+
 def _cached_pretrained(tag_cfg: dict[str, Any]) -> str | None:
     """Find a tag's weights in the Hugging Face or open_clip URL cache without network."""
-    if tag_cfg.get("hf_hub"):
-        try:
-            from huggingface_hub import try_to_load_from_cache
-        except ImportError:
-            try_to_load_from_cache = None
-        if try_to_load_from_cache is not None:
-            repo, names = _hub_files(tag_cfg)
-            for name in names:
-                hit = try_to_load_from_cache(repo_id=repo, filename=name)
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return hit
+    hit = _cached_on_hub(tag_cfg) if tag_cfg.get("hf_hub") else None
+    if hit is not None:
+        return hit
     url = str(tag_cfg.get("url", ""))
     if url:
         target = os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from retriever.config.env import torch_threads
 from retriever.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -21,7 +22,6 @@ if TYPE_CHECKING:
 
 __all__ = ["DevicePlan", "configure_threads", "cpu_count", "cpu_supports_bf16", "resolve_device"]
 
-_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 _threads_lock = threading.Lock()
 _threads_set: int | None = None
@@ -58,15 +58,14 @@ def cpu_supports_bf16(cpuinfo: str | os.PathLike[str] = "/proc/cpuinfo") -> bool
 
 
 def resolve_device(models_cfg: ModelsConfig, cpuinfo: str = "/proc/cpuinfo") -> DevicePlan:
-    """Turn ``models.device`` / ``models.precision`` into a concrete DevicePlan."""
-    device = (models_cfg.device or "auto").strip().lower()
-    precision = (models_cfg.precision or "auto").strip().lower()
-    if precision not in _PRECISIONS:
-        raise ConfigError(f"models.precision is {models_cfg.precision!r}; expected one of {', '.join(_PRECISIONS)}")
-    if device not in ("auto", "cpu", "cuda") and not _is_cuda_index(device):
-        raise ConfigError(f"models.device is {models_cfg.device!r}; expected auto, cpu, cuda or cuda:N")
+    """Turn ``models.device`` / ``models.precision`` into a concrete DevicePlan.
+
+    ``ModelsConfig`` has checked the values; what is left depends on the machine: whether
+    torch sees a GPU, and whether the CPU does bf16 natively.
+    """
     import torch
 
+    device, precision = models_cfg.device, models_cfg.precision
     has_cuda = torch.cuda.is_available()
     if device == "auto":
         device = "cuda" if has_cuda else "cpu"
@@ -82,11 +81,6 @@ def resolve_device(models_cfg: ModelsConfig, cpuinfo: str = "/proc/cpuinfo") -> 
     if precision == "auto":
         precision = "bf16" if cpu_supports_bf16(cpuinfo) else "fp32"
     return DevicePlan("cpu", precision)
-
-
-def _is_cuda_index(device: str) -> bool:
-    head, sep, idx = device.partition(":")
-    return head == "cuda" and sep == ":" and idx.isdigit()
 
 
 def cpu_count() -> int:
@@ -109,11 +103,9 @@ def configure_threads() -> int:
             return _threads_set
         import torch
 
-        wanted = os.environ.get("MMRAG_THREADS", "").strip()
-        if wanted:
-            if not wanted.isdigit() or int(wanted) < 1:
-                raise ConfigError(f"MMRAG_THREADS is {wanted!r}; expected a positive integer")
-            torch.set_num_threads(int(wanted))
+        wanted = torch_threads()
+        if wanted is not None:
+            torch.set_num_threads(wanted)
         elif not os.environ.get("OMP_NUM_THREADS"):
             torch.set_num_threads(cpu_count())
         _threads_set = torch.get_num_threads()

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from retriever.config.env import offline_requested
 from retriever.errors import ConfigError, ModelLoadError
 
 __all__ = [
@@ -200,7 +201,9 @@ def read_config_json(path: Path) -> dict:
 
 def hub_offline_reason() -> str | None:
     """Why a download cannot work now, or None when the hub answers a quick probe."""
-    for var in ("MMRAG_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    if offline_requested():
+        return "MMRAG_OFFLINE is set (offline mode)"
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(var, "").strip().lower() in {"1", "true", "yes", "on"}:
             return f"{var} is set (offline mode)"
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):

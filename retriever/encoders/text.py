@@ -24,6 +24,7 @@ from retriever.config import DEFAULT_TEXT_MODEL, ModelsConfig
 from retriever.encoders.device import DevicePlan, configure_threads, resolve_device
 from retriever.encoders.spec import file_fingerprint, hub_offline_reason
 from retriever.errors import ConfigError, ModelLoadError
+from retriever.types import Space
 
 __all__ = ["TEXT_MODEL_HINT", "SentenceTransformerEncoder", "packaged_minilm_path"]
 
@@ -59,15 +60,13 @@ def packaged_minilm_path() -> Path:
 class SentenceTransformerEncoder:
     """TextEncoder over a sentence-transformers model; float32 L2-normalised rows."""
 
-    space = "text"
+    space: str = Space.TEXT
 
     def __init__(self, name_or_path: str = DEFAULT_TEXT_MODEL, models_cfg: ModelsConfig | None = None) -> None:
         if not isinstance(name_or_path, str) or not name_or_path.strip():
             raise ConfigError(f"text model must be a sentence-transformers name or directory, got {name_or_path!r}")
         self.name = name_or_path.strip()
         self._cfg = models_cfg or ModelsConfig()
-        if self._cfg.batch_size < 1:
-            raise ConfigError(f"models.batch_size is {self._cfg.batch_size}; expected a positive integer")
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
         self._state: _Loaded | None = None

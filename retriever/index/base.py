@@ -1,35 +1,123 @@
-"""The VectorStore protocol: an id-addressed inner-product index of unit vectors."""
+"""The one seam between a dense space and its vector index: ``VectorIndex`` and ``IndexBackend``.
+
+A space (``retriever.index.spaces.DenseSpace``) keeps an index in step with the catalog's
+change log. It talks to the index only through ``VectorIndex`` and gets indexes only from an
+``IndexBackend`` (chosen by ``index.backend`` through ``retriever.index.registry``), so a
+backend that keeps its data on a server (Milvus) fits as well as FAISS files in the store:
+
+* the index, not the space, knows where its data lives and how it is made durable;
+* ``covered_seq()`` is the change-log position its durable state covers, and ``persist(seq)``
+  makes the current contents durable as covering ``seq``. The space never writes files.
+
+Every backend passes the contract tests in ``retriever.index.testing``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["VectorStore"]
+from retriever.config import IndexConfig
+
+__all__ = ["IndexBackend", "IndexTarget", "VectorIndex"]
+
+
+@dataclass(frozen=True)
+class IndexTarget:
+    """Which index a backend opens or creates: one dense space of one store.
+
+    ``directory`` is the store's index directory; file backends keep their files there, server
+    backends may keep only what names their collection. ``config`` is the store's ``index`` section.
+    """
+
+    space: str
+    dim: int
+    directory: Path
+    config: IndexConfig
 
 
 @runtime_checkable
-class VectorStore(Protocol):
-    """Vectors are L2-normalised float32 rows; ids are int64 catalog item ids.
+class VectorIndex(Protocol):
+    """An id-addressed inner-product index of L2-normalised vectors.
 
-    ``search`` returns ``(scores, ids)`` arrays of shape ``(n_queries, k)``, best
-    first, padded with id ``-1``. ``save`` writes atomically and records the
-    catalog change-log sequence number the contents cover.
+    Vectors are float32 rows of ``dim`` values; ids are int64 catalog item ids. ``search``
+    returns ``(scores, ids)`` arrays of shape ``(n_queries, m)`` with ``m <= k``, best first;
+    an id of ``-1`` is padding. Removing an id that is absent is allowed and counts nothing;
+    callers add only absent ids and never add a removed id again (catalog ids are never
+    reused). Wrong shapes raise StoreError.
     """
 
-    dim: int
+    @property
+    def dim(self) -> int: ...
 
     @property
-    def kind(self) -> str: ...
+    def kind(self) -> str:
+        """What the index is (e.g. ``flat``, ``hnsw``), as reported by ``mmrag stats``."""
+        ...
 
-    def __len__(self) -> int: ...
+    def count(self) -> int:
+        """How many live vectors it holds."""
+        ...
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None: ...
 
-    def remove(self, ids: np.ndarray) -> int: ...
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove the given ids; returns how many were present."""
+        ...
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]: ...
 
-    def save(self, directory: Path, name: str, seq: int) -> None: ...
+    def ids(self) -> np.ndarray:
+        """Every live id (int64), in no particular order."""
+        ...
+
+    def memory(self) -> int:
+        """Bytes the index takes (in memory, or on the server)."""
+        ...
+
+    def stored_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """``(ids, vectors)`` as held, for the given ids that are present; None when the index
+        does not keep exact copies (compressed or approximate storage): then ``verify`` cannot
+        compare them with the catalog."""
+        ...
+
+    def needs_rebuild(self) -> bool:
+        """Whether a rebuild from the catalog would serve better (the kind no longer fits the
+        size, removed entries pile up)."""
+        ...
+
+    def covered_seq(self) -> int:
+        """The change-log position the durable state covers; -1 when it was never persisted."""
+        ...
+
+    def persist(self, seq: int) -> None:
+        """Make the current contents durable, recorded as covering change-log position ``seq``.
+
+        Crash-safe: after a crash the index opens as either the old or the new state, each with
+        the position it really covers.
+        """
+        ...
+
+
+@runtime_checkable
+class IndexBackend(Protocol):
+    """Makes and finds the vector indexes of one kind of backend (``index.backend``)."""
+
+    name: str
+
+    def create(self, target: IndexTarget, n_hint: int = 0) -> VectorIndex:
+        """A new, empty index for ``target``, sized for about ``n_hint`` vectors. Nothing is
+        durable until ``persist``; a persisted index of the same target stays until then."""
+        ...
+
+    def open(self, target: IndexTarget) -> VectorIndex | None:
+        """The persisted index of ``target``, None when there is none; StoreError when it is
+        there but unreadable (the caller rebuilds it from the catalog)."""
+        ...
+
+    def discard(self, target: IndexTarget) -> None:
+        """Forget the persisted index of ``target``, so the next ``open`` finds none."""
+        ...

@@ -13,13 +13,15 @@ import re
 import shutil
 import threading
 import unicodedata
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Any
 
 import numpy as np
 
-from retriever.index.faiss_index import atomic_write_bytes, load_pointer
+from retriever.errors import StoreError
+from retriever.index.atomic import atomic_write_bytes, load_pointer, pointer_path
 
 __all__ = ["Bm25Index", "tokenize"]
 
@@ -35,7 +37,7 @@ _STOP = frozenset(
 
 
 @lru_cache(maxsize=1)
-def _stemmer():
+def _stemmer() -> Any:
     try:
         import Stemmer  # PyStemmer (Snowball); optional
 
@@ -55,13 +57,18 @@ class Bm25Index:
     """A BM25 index addressed by item id."""
 
     def __init__(self) -> None:
-        self._bm25 = None
+        self._bm25: Any = None  # a bm25s.BM25 once built (None: no item has text)
         self._ids = np.zeros(0, dtype=np.int64)
         self._vocab: frozenset[str] = frozenset()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return int(len(self._ids))
+
+    def ids(self) -> np.ndarray:
+        """The ids of the indexed items, in index order."""
+        with self._lock:
+            return self._ids.copy()
 
     def build(self, docs: Iterable[tuple[int, str]]) -> None:
         import bm25s
@@ -129,25 +136,28 @@ class Bm25Index:
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         meta = {"seq": int(seq), "dir": sub, "count": int(len(ids)), "empty": bm25 is None}
-        atomic_write_bytes(directory / f"{name}.json", json.dumps(meta).encode())
+        atomic_write_bytes(pointer_path(directory, name), json.dumps(meta).encode())
         for old in directory.glob(f"{name}-*"):
             if old.name != sub and old.is_dir():
                 shutil.rmtree(old, ignore_errors=True)
 
     @classmethod
-    def load(cls, directory: Path, name: str) -> tuple["Bm25Index", int] | None:
+    def load(cls, directory: Path, name: str) -> tuple[Bm25Index, int] | None:
+        """The saved index and the seq it covers; None when none was saved, StoreError when unreadable."""
         import bm25s
 
         meta = load_pointer(directory, name)
         if meta is None:
             return None
+        path = directory / str(meta.get("dir"))
         index = cls()
-        path = directory / meta["dir"]
         try:
             index._ids = np.fromfile(path / "ids.bin", dtype="<i8").astype(np.int64)
             if not meta.get("empty"):
                 index._bm25 = bm25s.BM25.load(str(path), show_progress=False, verbosity=0)
                 index._vocab = frozenset(index._bm25.vocab_dict)
-        except (OSError, ValueError, KeyError):
-            return None  # unreadable cache: the caller rebuilds from the catalog
-        return index, int(meta["seq"])
+            seq = int(meta["seq"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"saved BM25 index {path} is unreadable ({type(exc).__name__}: {exc}); run `mmrag repair`"
+                             ) from exc
+        return index, seq

@@ -1,9 +1,9 @@
 """Retrieval spaces kept in step with the catalog.
 
-A space is a rebuildable cache of catalog data: a FAISS index of one dense
-space's vectors, or the BM25 index of item texts. Each knows the change-log
-sequence number it covers; ``sync()`` replays what it lacks. Writers and
-readers share this one path: after a commit the writer syncs exactly like a
+A space is a rebuildable cache of catalog data: a vector index of one dense space's vectors
+(any ``VectorIndex``, from the backend ``index.backend`` names), or the BM25 index of item
+texts. Each knows the change-log sequence number it covers; ``sync()`` replays what it lacks.
+Writers and readers share this one path: after a commit the writer syncs exactly like a
 reader does, so the index always holds the float16 vectors the catalog holds.
 """
 
@@ -18,8 +18,10 @@ import numpy as np
 from retriever.catalog import Catalog
 from retriever.config import IndexConfig
 from retriever.errors import StoreError
+from retriever.index.base import IndexBackend, IndexTarget, VectorIndex
 from retriever.index.bm25 import Bm25Index
-from retriever.index.faiss_index import FaissStore, choose_kind
+from retriever.index.registry import backend_for
+from retriever.types import Space
 
 __all__ = ["DenseSpace", "LexicalSpace", "catalog_head"]
 
@@ -30,25 +32,31 @@ def catalog_head(catalog: Catalog) -> int:
 
 
 class DenseSpace:
-    """One dense space: its FAISS index, replayed from the catalog's change log."""
+    """One dense space: its vector index, replayed from the catalog's change log.
 
-    def __init__(self, name: str, dim: int, directory: Path, catalog: Catalog, cfg: IndexConfig) -> None:
+    ``seq`` is the change-log position the index in memory covers; ``saved_seq`` the one its
+    durable state covers (-1: nothing durable that is current).
+    """
+
+    def __init__(self, name: str, dim: int, directory: Path, catalog: Catalog, cfg: IndexConfig,
+                 backend: IndexBackend | None = None) -> None:
         self.name, self.dim, self.directory, self.catalog, self.cfg = name, dim, directory, catalog, cfg
-        self.index: FaissStore | None = None
+        self.backend = backend if backend is not None else backend_for(cfg)
+        self.target = IndexTarget(name, dim, directory, cfg)
+        self.index: VectorIndex | None = None
         self.seq = 0
         self.saved_seq = -1
         self._lock = threading.RLock()
 
     def open(self) -> None:
-        """Load the saved index (or rebuild it from the catalog) and replay the log."""
+        """Open the persisted index (or rebuild it from the catalog) and replay the log."""
         with self._lock:
-            loaded = None
             try:
-                loaded = FaissStore.load(self.directory, self.name, self.cfg)
+                loaded = self.backend.open(self.target)
             except StoreError:
                 loaded = None  # unreadable cache: rebuilt below from the durable vectors
-            if loaded is not None and loaded[0].dim == self.dim and loaded[1] >= self.catalog.log_floor():
-                self.index, self.seq = loaded
+            if loaded is not None and loaded.dim == self.dim and loaded.covered_seq() >= self.catalog.log_floor():
+                self.index, self.seq = loaded, loaded.covered_seq()
                 self.saved_seq = self.seq
             else:
                 self.rebuild()
@@ -58,43 +66,39 @@ class DenseSpace:
         """A fresh index from the catalog's durable vectors (no re-encoding)."""
         with self._lock:
             head = catalog_head(self.catalog)
-            n = len(self.catalog.item_ids(self.name))
-            self.index = FaissStore.build(self.dim, self.cfg, self.catalog.iter_vectors(self.name), n)
-            self.seq = head
-            self.saved_seq = -1
+            index = self.backend.create(self.target, n_hint=len(self.catalog.item_ids(self.name)))
+            for ids, vecs in self.catalog.iter_vectors(self.name):
+                index.add(ids, vecs)
+            self.index, self.seq, self.saved_seq = index, head, -1
 
     def sync(self) -> int:
         """Apply catalog changes newer than this index; returns how many were applied."""
         with self._lock:
-            if self.index is None:
-                self.open()
-                return 0
-            if self.seq < self.catalog.log_floor():
-                self.open()  # the log was truncated past us: reload the saved index
+            if self.index is None or self.seq < self.catalog.log_floor():
+                self.open()  # not opened yet, or the log was truncated past us: reload
                 return 0
             changes = self.catalog.changes_since(self.seq)
             if not changes:
                 return 0
-            self._apply(changes)
+            self._apply(self.index, changes)
             self.seq = changes[-1][0]
             return len(changes)
 
-    def _apply(self, changes: list[tuple[int, str, int]]) -> None:
+    def _apply(self, index: VectorIndex, changes: list[tuple[int, str, int]]) -> None:
         last_op: dict[int, str] = {}
         for _, op, item_id in changes:
             last_op[item_id] = op
         removed = np.fromiter((i for i, op in last_op.items() if op == "del"), dtype=np.int64)
         added = [i for i, op in last_op.items() if op == "add"]
-        assert self.index is not None
         if len(removed):
-            self.index.remove(removed)
+            index.remove(removed)
         if added:
             ids, vecs = self.catalog.vectors(self.name, added)
             if not len(ids):  # none of them has a vector in this space (e.g. images in the text space)
                 return
-            present = self.index.ids()
+            present = index.ids()
             fresh = ~np.isin(ids, present) if len(present) else np.ones(len(ids), dtype=bool)
-            self.index.add(ids[fresh], vecs[fresh])
+            index.add(ids[fresh], vecs[fresh])
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
@@ -104,28 +108,37 @@ class DenseSpace:
         return index.search(query, k)
 
     def maintain(self) -> None:
-        """Rebuild when the index kind no longer fits its size or tombstones pile up."""
+        """Rebuild when the index asks for it (its kind no longer fits its size, tombstones pile up)."""
         with self._lock:
-            if self.index is None:
-                return
-            want = choose_kind(self.cfg, len(self.index))
-            if want != self.index.kind or self.index.needs_compaction:
+            if self.index is not None and self.index.needs_rebuild():
                 self.rebuild()
 
     def save(self) -> None:
+        """Make the index durable as covering ``seq`` (nothing to do when it already is)."""
         with self._lock:
             if self.index is not None and self.seq != self.saved_seq:
-                self.index.save(self.directory, self.name, self.seq)
+                self.index.persist(self.seq)
                 self.saved_seq = self.seq
 
+    def discard(self) -> None:
+        """Forget the persisted index; the next open rebuilds it from the catalog."""
+        with self._lock:
+            self.backend.discard(self.target)
+            self.saved_seq = -1
+
     def __len__(self) -> int:
-        return len(self.index) if self.index is not None else 0
+        index = self.index
+        return index.count() if index is not None else 0
 
 
 class LexicalSpace:
-    """The BM25 space: rebuilt from catalog texts when the catalog moved on."""
+    """The BM25 space: rebuilt from catalog texts when the catalog moved on.
 
-    name = "bm25"
+    While the catalog changes, a rebuild happens at most every ``refresh_s`` seconds
+    (``index.bm25_refresh_s``) unless forced; writers force one before saving.
+    """
+
+    name = Space.BM25
 
     def __init__(self, directory: Path, catalog: Catalog, refresh_s: float = 2.0) -> None:
         self.directory, self.catalog, self.refresh_s = directory, catalog, refresh_s
@@ -139,7 +152,7 @@ class LexicalSpace:
         try:
             loaded = Bm25Index.load(self.directory, self.name)
         except StoreError:
-            loaded = None  # unreadable cache (pointer): rebuilt below from the catalog texts
+            loaded = None  # unreadable cache: rebuilt below from the catalog texts
         if loaded is not None:
             self.index, self.seq = loaded
             self.saved_seq = self.seq
@@ -157,6 +170,12 @@ class LexicalSpace:
             index.build(pair for batch in self.catalog.iter_texts() for pair in batch)
             self.index, self.seq, self._built_at = index, head, time.monotonic()
             return True
+
+    def rebuild(self) -> None:
+        """Rebuild from the catalog now, even when the catalog did not move."""
+        with self._lock:
+            self.seq = -1
+        self.sync(force=True)
 
     def search(self, query: str, k: int) -> tuple[np.ndarray, np.ndarray]:
         return self.index.search(query, k)

@@ -7,20 +7,20 @@ import json
 import os
 from pathlib import Path
 
+from retriever.maintenance.report import ERROR, WARNING, Problem, ids_problem
 from retriever.store import Store
-from retriever.maintenance.verify import ERROR, WARNING, Problem, ids_problem, item_rows
+from retriever.types import SourceStatus
 
-__all__ = ["media_refs", "readable_image", "check_media", "index_files_in_use", "check_index_files", "check_sources"]
+__all__ = ["check_index_files", "check_media", "check_sources", "index_files_in_use", "media_refs", "readable_image"]
 
 
 def media_refs(store: Store) -> dict[str, list[int]]:
     """Relative media path -> the items that refer to it."""
     refs: dict[str, list[int]] = {}
-    for rows in item_rows(store):
-        for iid, _sid, _kind, _loc, _text, thumb, prev in rows:
-            for rel in (thumb, prev):
-                if rel:
-                    refs.setdefault(rel, []).append(iid)
+    for batch in store.catalog.item_summaries():
+        for item in batch:
+            for rel in item.media:
+                refs.setdefault(rel, []).append(item.id)
     return refs
 
 
@@ -108,7 +108,7 @@ def check_sources(store: Store, hash_all: bool) -> list[Problem]:
     """Files of ingested sources that vanished or changed since (size/mtime, then content hash)."""
     gone: list[str] = []
     changed: list[str] = []
-    for src in store.catalog.sources(status="ok"):
+    for src in store.catalog.sources(status=SourceStatus.OK):
         try:
             st = os.stat(src.uri)
         except OSError:

@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+import numpy as np
 
-from retriever.catalog.models import ChangeRow, ItemRow, RunRow, SourceRow, VectorRow, utcnow
-from retriever.store import Store
-from retriever.maintenance.verify import VerifyReport, expected_spaces, item_rows, verify
 from retriever.maintenance.files import index_files_in_use, media_refs, readable_image
+from retriever.maintenance.report import Problem, VerifyReport
+from retriever.maintenance.verify import verify
+from retriever.store import Store
+from retriever.types import spaces_for
 
 __all__ = ["RepairReport", "delete_orphan_media", "delete_stray_index_files", "repair", "tidy_after_run"]
 
@@ -78,8 +79,7 @@ def rebuild_indexes(store: Store) -> list[str]:
         space.save()
         actions.append(f"rebuilt index '{name}' from {len(space)} durable vector(s)")
     lexical = store.bm25()
-    lexical.seq = -1  # force a rebuild even when the catalog head did not move
-    lexical.sync(force=True)
+    lexical.rebuild()  # even when the catalog head did not move
     lexical.save()
     actions.append(f"rebuilt the BM25 index from {len(lexical)} item text(s)")
     store.save(maintain=False)
@@ -87,8 +87,7 @@ def rebuild_indexes(store: Store) -> list[str]:
 
 
 def _drop_orphan_vectors(store: Store) -> list[str]:
-    with store.catalog.transaction() as s:
-        n = s.execute(delete(VectorRow).where(VectorRow.item_id.not_in(select(ItemRow.id)))).rowcount
+    n = store.catalog.delete_orphan_vectors()
     return [f"deleted {n} durable vector(s) of no item"] if n else []
 
 
@@ -98,32 +97,23 @@ def _fail_sources_missing_vectors(store: Store, report: VerifyReport) -> list[st
     have = {name: set(store.catalog.item_ids(name).tolist()) for name in spaces}
     corrupt = {i for p in report.of("vector_corrupt") for i in _all_ids(store, p)}
     bad_sources: set[int] = set()
-    for rows in item_rows(store):
-        for iid, sid, _kind, _loc, text, thumb, _prev in rows:
-            need = expected_spaces(bool(text), thumb is not None, spaces)
-            if iid in corrupt or any(iid not in have[n] for n in need):
-                bad_sources.add(sid)
+    for batch in store.catalog.item_summaries():
+        for item in batch:
+            need = spaces_for(has_text=bool(item.text), visual=item.visual, available=spaces)
+            if item.id in corrupt or any(item.id not in have[n] for n in need):
+                bad_sources.add(item.source_id)
     if not bad_sources:
         return []
     reason = "repair: its items lacked vectors (or held corrupt ones); ingest the file again to restore them"
-    with store.catalog.transaction() as s:
-        uris = list(s.scalars(select(SourceRow.uri).where(SourceRow.id.in_(bad_sources))))
-        item_ids = list(s.scalars(select(ItemRow.id).where(ItemRow.source_id.in_(bad_sources))))
-        s.execute(delete(VectorRow).where(VectorRow.item_id.in_(item_ids)))
-        s.execute(delete(ItemRow).where(ItemRow.id.in_(item_ids)))
-        s.add_all(ChangeRow(op="del", item_id=i) for i in item_ids)
-        s.execute(update(SourceRow).where(SourceRow.id.in_(bad_sources)).values(
-            status="failed", error=reason, item_count=0, updated_at=utcnow()))
-    return [(f"removed the {len(item_ids)} item(s) of {len(uris)} source(s) with missing/corrupt vectors and marked "
-             f"them failed for re-ingest: {', '.join(sorted(uris)[:5])}")]
+    failed = store.catalog.fail_sources(bad_sources, reason)
+    return [(f"removed the {failed.items} item(s) of {len(failed.uris)} source(s) with missing/corrupt vectors and "
+             f"marked them failed for re-ingest: {', '.join(failed.uris[:5])}")]
 
 
-def _all_ids(store: Store, problem: Any) -> set[int]:
+def _all_ids(store: Store, problem: Problem) -> set[int]:
     """Every id a vector_corrupt problem refers to (the report lists only the first few)."""
-    if problem.count <= len(problem.item_ids):
+    if problem.count <= len(problem.item_ids) or problem.space is None:
         return set(problem.item_ids)
-    import numpy as np
-
     ids, vecs = store.catalog.vectors(problem.space, store.catalog.item_ids(problem.space).tolist())
     return set(ids[~np.isfinite(vecs).all(axis=1)].tolist()) | set(problem.item_ids)
 
@@ -138,32 +128,18 @@ def _drop_bad_media(store: Store) -> list[str]:
                 bad.setdefault(iid, []).append(rel)
     if not bad:
         return []
-    with store.catalog.transaction() as s:
-        rows = s.scalars(select(ItemRow).where(ItemRow.id.in_(list(bad)))).all()
-        for row in rows:
-            if row.thumbnail in bad[row.id]:
-                row.thumbnail = None
-            if row.preview in bad[row.id]:
-                row.preview = None
-        sources = {row.source_id for row in rows}
-        s.execute(update(SourceRow).where(SourceRow.id.in_(sources)).values(content_hash=None))
+    sources = store.catalog.drop_media(bad)
     for rels in bad.values():
         for rel in rels:
             path = store.root / rel
             if path.resolve().is_relative_to(store.root):
                 path.unlink(missing_ok=True)
     return [(f"dropped {sum(map(len, bad.values()))} missing/unreadable thumbnail(s)/preview(s) of {len(bad)} "
-             f"item(s); their {len(sources)} source(s) are re-rendered by the next ingest")]
+             f"item(s); their {sources} source(s) are re-rendered by the next ingest")]
 
 
 def _fix_counts(store: Store) -> list[str]:
-    with store.catalog.transaction() as s:
-        actual = dict(s.execute(select(ItemRow.source_id, func.count()).group_by(ItemRow.source_id)).all())
-        fixed = 0
-        for row in s.scalars(select(SourceRow)):
-            if (row.item_count or 0) != actual.get(row.id, 0):
-                row.item_count = actual.get(row.id, 0)
-                fixed += 1
+    fixed = store.catalog.fix_item_counts()
     return [f"corrected the item count of {fixed} source(s)"] if fixed else []
 
 
@@ -206,9 +182,7 @@ def _remove(path: Path) -> None:
 
 
 def _close_runs(store: Store) -> list[str]:
-    with store.catalog.transaction() as s:
-        n = s.execute(update(RunRow).where(RunRow.status == "running").values(
-            status="interrupted", finished_at=utcnow())).rowcount
+    n = store.catalog.interrupt_running_runs()
     return [f"marked {n} unfinished run(s) interrupted"] if n else []
 
 
@@ -219,17 +193,9 @@ def tidy_after_run(store: Store, run_id: int | None) -> list[str]:
     behind), media no item refers to; those runs are then marked as cleaned up, and the ones
     still marked running as interrupted."""
     actions = delete_stray_index_files(store)
-    with store.catalog.session() as s:
-        rows = s.execute(select(RunRow.id, RunRow.summary).where(RunRow.status != "ok")).all()
-    untidy = [rid for rid, summary in rows
-              if (run_id is None or rid < run_id) and not (summary or {}).get("cleaned_up")]
+    untidy = [run.id for run in store.catalog.runs_to_tidy(before=run_id)]
     if not untidy:
         return actions
     actions += delete_orphan_media(store)
-    with store.catalog.transaction() as s:
-        for row in s.scalars(select(RunRow).where(RunRow.id.in_(untidy))):
-            if row.status == "running":
-                row.status, row.finished_at = "interrupted", utcnow()
-            row.summary = {**(row.summary or {}), "cleaned_up": True}
+    store.catalog.mark_runs_tidied(untidy)
     return actions + [f"cleaned up after {len(untidy)} earlier run(s) that did not finish well"]
-

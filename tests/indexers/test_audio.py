@@ -10,17 +10,24 @@ import itertools
 import json
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
 from indexers.av.audio import AudioIngestor, group_windows, window_items
 from indexers.base import IngestContext
-from indexers.av.decode import SAMPLE_RATE, AudioReader, decode_audio, probe
-from indexers.av.transcribe import Segment, Transcriber, Transcript, shared_transcriber, transcribe_query
-from retriever.config import AudioConfig, Config, eval_data_dir
+from indexers.av.decode import SAMPLE_RATE, AudioChunk, AudioReader, decode_audio, probe
+from indexers.av.transcribe import (
+    Segment,
+    SpeechToText,
+    Transcriber,
+    Transcript,
+    shared_transcriber,
+    transcribe_query,
+)
+from retriever.config import AudioConfig
 from retriever.errors import ConfigError, IngestError, LimitExceeded, ModelLoadError, QueryError
 from retriever.metrics import corpus_wer, normalize_text, wer
 from retriever.types import Modality
@@ -35,21 +42,8 @@ WER_BOUND = 0.12
 
 
 @pytest.fixture(scope="session")
-def audio_dir() -> Path:
-    path = eval_data_dir() / "audio"
-    if not (path / "transcripts.json").is_file():
-        pytest.skip(f"evaluation audio not found at {path} (set MMRAG_EVAL_DATA)")
-    return path
-
-
-@pytest.fixture(scope="session")
 def references(audio_dir: Path) -> dict[str, dict]:
     return json.loads((audio_dir / "transcripts.json").read_text())
-
-
-@pytest.fixture(scope="session")
-def transcriber() -> Transcriber:
-    return shared_transcriber(AudioConfig())
 
 
 @pytest.fixture(scope="session")
@@ -57,22 +51,6 @@ def clip_transcripts(
     audio_dir: Path, references: dict[str, dict], transcriber: Transcriber
 ) -> dict[str, Transcript]:
     return {name: transcriber.transcribe_file(audio_dir / name) for name in sorted(references)}
-
-
-def encode_audio(samples: np.ndarray, path: Path, fmt: str, codec: str, rate: int = SAMPLE_RATE) -> Path:
-    """Write 16 kHz mono float samples with a PyAV encoder (it resamples to ``rate``)."""
-    pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)[None, :]
-    with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream(codec, rate=rate, layout="mono")
-        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
-        frame.sample_rate = SAMPLE_RATE
-        for packet in [*stream.encode(frame), *stream.encode(None)]:
-            out.mux(packet)
-    return path
-
-
-def _ctx(**audio: object) -> IngestContext:
-    return IngestContext(config=Config().with_overrides({f"audio.{k}": v for k, v in audio.items()}))
 
 
 def _envelope(x: np.ndarray, hop: int = 800) -> np.ndarray:
@@ -136,7 +114,7 @@ def test_ami_speech_is_placed_where_it_was_said(
     ],
 )
 def test_common_formats_decode_to_the_same_signal(
-    audio_dir: Path, tmp_path: Path, suffix: str, fmt: str, codec: str, rate: int
+    audio_dir: Path, tmp_path: Path, suffix: str, fmt: str, codec: str, rate: int, encode_audio
 ) -> None:
     original = decode_audio(audio_dir / "jfk.flac")
     path = encode_audio(original, tmp_path / f"jfk.{suffix}", fmt, codec, rate)
@@ -159,7 +137,7 @@ def test_stereo_44k_flac_is_resampled_to_16k_mono(audio_dir: Path) -> None:
 
 
 def test_long_audio_streams_in_chunks_with_true_offsets(
-    audio_dir: Path, references: dict, transcriber: Transcriber, tmp_path: Path
+    audio_dir: Path, references: dict, transcriber: Transcriber, tmp_path: Path, encode_audio
 ) -> None:
     """Clips joined with pauses, read in 8 s chunks: the speech lands at each clip's offset."""
     names = [
@@ -187,10 +165,8 @@ def test_long_audio_streams_in_chunks_with_true_offsets(
         assert offset - 0.5 <= seg.start <= offset + 1.5, (name, offset, seg)
 
 
-def test_five_one_aac_in_mp4_decodes(tmp_path: Path) -> None:
-    path = eval_data_dir() / "video" / "big_buck_bunny_small.mp4"
-    if not path.is_file():
-        pytest.skip("shared video missing")
+def test_five_one_aac_in_mp4_decodes(video_dir: Path) -> None:
+    path = video_dir / "big_buck_bunny_small.mp4"
     info = probe(path)
     assert info.audio is not None and info.audio.channels == 6 and info.audio.codec == "aac"
     samples = decode_audio(path)
@@ -201,8 +177,8 @@ def test_five_one_aac_in_mp4_decodes(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------- the ingestor
 
 
-def test_ingestor_yields_timed_windows_with_metadata(audio_dir: Path) -> None:
-    ctx = _ctx()
+def test_ingestor_yields_timed_windows_with_metadata(audio_dir: Path, ingest_ctx) -> None:
+    ctx = ingest_ctx("audio")
     items = list(AudioIngestor().ingest(audio_dir / "librispeech_dev-clean_2412-153948-0000.flac", ctx))
     assert len(items) == 1  # 11.7 s of speech fits one 15-30 s window
     item = items[0]
@@ -223,9 +199,11 @@ def test_ingestor_yields_timed_windows_with_metadata(audio_dir: Path) -> None:
     assert item.locator.render().startswith("librispeech_dev-clean_2412-153948-0000.flac @ 00:00–00:1")
 
 
-def test_lossy_mp3_ingests_to_the_same_words(audio_dir: Path, tmp_path: Path) -> None:
+def test_lossy_mp3_ingests_to_the_same_words(
+    audio_dir: Path, tmp_path: Path, ingest_ctx, encode_audio
+) -> None:
     path = encode_audio(decode_audio(audio_dir / "jfk.flac"), tmp_path / "jfk.mp3", "mp3", "libmp3lame")
-    items = list(AudioIngestor().ingest(path, _ctx()))
+    items = list(AudioIngestor().ingest(path, ingest_ctx("audio")))
     text = " ".join(i.text or "" for i in items)
     assert (
         wer(
@@ -273,21 +251,21 @@ def test_group_windows_rules() -> None:
         group_windows(segs, 30.0, 15.0)
 
 
-def test_silence_and_noise_give_no_items_and_a_note(tmp_path: Path) -> None:
+def test_silence_and_noise_give_no_items_and_a_note(tmp_path: Path, ingest_ctx, encode_audio) -> None:
     rng = np.random.default_rng(0)
     silent = encode_audio(np.zeros(20 * SAMPLE_RATE, np.float32), tmp_path / "silent.wav", "wav", "pcm_s16le")
     hiss = encode_audio(
         rng.normal(0, 0.003, 12 * SAMPLE_RATE).astype(np.float32), tmp_path / "hiss.flac", "flac", "flac"
     )
     for path in (silent, hiss):
-        ctx = _ctx()
+        ctx = ingest_ctx("audio")
         assert list(AudioIngestor().ingest(path, ctx)) == []
         assert any("no speech" in n for n in ctx.notes)
         assert ctx.source_metadata["duration_s"] > 10
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated", "header_only"])
-def test_corrupt_audio_fails_with_a_reason(audio_dir: Path, tmp_path: Path, kind: str) -> None:
+def test_corrupt_audio_fails_with_a_reason(audio_dir: Path, tmp_path: Path, kind: str, ingest_ctx) -> None:
     raw = (audio_dir / "jfk.flac").read_bytes()
     data = {
         "garbage": b"fLaC" + np.random.default_rng(1).bytes(60_000),
@@ -297,14 +275,14 @@ def test_corrupt_audio_fails_with_a_reason(audio_dir: Path, tmp_path: Path, kind
     path = tmp_path / f"{kind}.flac"
     path.write_bytes(data)
     with pytest.raises(IngestError) as err:
-        list(AudioIngestor().ingest(path, _ctx()))
+        list(AudioIngestor().ingest(path, ingest_ctx("audio")))
     assert path.name in str(err.value)
 
 
-def test_limits_duration_and_deadline(audio_dir: Path) -> None:
+def test_limits_duration_and_deadline(audio_dir: Path, ingest_ctx) -> None:
     with pytest.raises(LimitExceeded, match="limit"):
-        list(AudioIngestor().ingest(audio_dir / "jfk.flac", _ctx(max_seconds=5.0)))
-    ctx = _ctx()
+        list(AudioIngestor().ingest(audio_dir / "jfk.flac", ingest_ctx("audio", max_seconds=5.0)))
+    ctx = ingest_ctx("audio")
     ctx.deadline = time.monotonic() - 1.0
     with pytest.raises(LimitExceeded, match="time budget"):
         list(AudioIngestor().ingest(audio_dir / "jfk.flac", ctx))
@@ -314,6 +292,31 @@ def test_accepts_audio_types_only() -> None:
     ing = AudioIngestor()
     assert ing.accepts(Path("a.mp3"), "audio/mpeg") and ing.accepts(Path("a.opus"), "audio/ogg")
     assert not ing.accepts(Path("a.mp4"), "video/mp4") and not ing.accepts(Path("a.txt"), "text/plain")
+
+
+class _FixedSpeech:
+    """A speech model that hears one sentence at the start of every recording."""
+
+    def transcribe_chunks(self, chunks: Iterable[AudioChunk], deadline: float | None = None) -> Transcript:
+        end = max((c.end for c in chunks), default=0.0)
+        return Transcript((Segment(0.0, min(end, 2.0), "a fixed sentence"),), "en", "fixed", end)
+
+    def transcribe_file(
+        self, path: str | Path, max_seconds: float | None = None, deadline: float | None = None
+    ) -> Transcript:
+        return self.transcribe_chunks(AudioReader(path, max_seconds=max_seconds, deadline=deadline), deadline)
+
+
+def test_ingestor_uses_the_context_transcriber(audio_dir: Path) -> None:
+    fixed = _FixedSpeech()
+    assert isinstance(fixed, SpeechToText)
+    ctx = IngestContext(transcriber=fixed)
+    (item,) = AudioIngestor().ingest(audio_dir / "jfk.flac", ctx)
+    assert item.text == "a fixed sentence" and (item.locator.t_start, item.locator.t_end) == (0.0, 2.0)
+    assert ctx.source_metadata["model"] == "fixed"
+    not_a_model = IngestContext(transcriber=lambda samples: "words")
+    with pytest.raises(TypeError, match="must implement indexers.av.transcribe.SpeechToText.*got function"):
+        list(AudioIngestor().ingest(audio_dir / "jfk.flac", not_a_model))
 
 
 # ---------------------------------------------------------------------------- transcriber
@@ -390,7 +393,7 @@ def test_openai_backend_runs_a_local_checkpoint(audio_dir: Path, tmp_path: Path)
     assert all(5.0 <= s.start <= s.end <= 16.0 for s in transcript.segments)
 
 
-def test_transcribe_query(audio_dir: Path, tmp_path: Path, transcriber: Transcriber) -> None:
+def test_transcribe_query(audio_dir: Path, tmp_path: Path, transcriber: Transcriber, encode_audio) -> None:
     text = transcribe_query(
         audio_dir / "librispeech_test-clean_4507-16021-0012.wav", AudioConfig(), transcriber
     )
@@ -407,8 +410,9 @@ def test_transcribe_query(audio_dir: Path, tmp_path: Path, transcriber: Transcri
 # ---------------------------------------------------------------------------- engine
 
 
-def test_audio_clip_query_finds_the_same_recording(audio_dir: Path, tmp_path: Path) -> None:
-    engine = pytest.importorskip("pipelines.engine")
+def test_audio_clip_query_finds_the_same_recording(
+    audio_dir: Path, tmp_path: Path, open_engine, transcriber: Transcriber, encode_audio
+) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     names = [
@@ -423,7 +427,7 @@ def test_audio_clip_query_finds_the_same_recording(audio_dir: Path, tmp_path: Pa
     # the query: the first 5 s of one recording, re-encoded as MP3 (not the indexed bytes)
     crop = decode_audio(audio_dir / "librispeech_dev-clean_2412-153948-0000.flac")[: 5 * SAMPLE_RATE]
     query = encode_audio(crop, tmp_path / "query.mp3", "mp3", "libmp3lame")
-    with engine.Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as eng:
+    with open_engine(tmp_path / "store", transcriber=transcriber) as eng:
         report = eng.ingest([corpus])
         assert report.added == len(names) and not report.failed
         hits = eng.search(audio=query, k=5)

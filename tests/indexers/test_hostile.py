@@ -20,8 +20,6 @@ import pytest
 
 from pipelines.engine import Engine
 
-REPO = Path(__file__).resolve().parents[2]
-
 GOOD_TEXTS = {
     "word_processors.md": "pdf/groundtruth/docling__multi_page.docling.md",
     "crazy_ones.txt": "pdf/groundtruth/pypdf__crazyones.txt",
@@ -212,16 +210,16 @@ def run_without_dac_override(fn):
 
 # ---- tests ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, eval_dir: Path):
-    """One engine (text model loaded once) with a good set ingested, and its observable snapshot."""
+def env(tmp_path_factory: pytest.TempPathFactory, eval_dir: Path, coco_photos: list[Path], text_encoder):
+    """One engine (on the session's text model) with a good set ingested, and its observable snapshot."""
     root = tmp_path_factory.mktemp("hostile")
     good = root / "good"
     good.mkdir()
     for name, rel in GOOD_TEXTS.items():
         shutil.copy(eval_dir / rel, good / name)
-    shutil.copy(sorted((eval_dir / "images" / "coco").glob("*.jpg"))[0], good / "photo.jpg")
+    shutil.copy(coco_photos[0], good / "photo.jpg")
     shutil.copy(eval_dir / "pdf" / "pypdf__crazyones.pdf", good / "crazyones.pdf")
-    eng = Engine.open(root / "store", overrides={"models.clip": "none", "pdf.ocr": "off"})
+    eng = Engine.open(root / "store", overrides={"models.clip": "none", "pdf.ocr": "off"}, text=text_encoder)
     report = eng.ingest([good])
     assert report.added == 4 and not report.failed, report.to_dict()
     yield {"root": root, "eng": eng, "good": good, "before": snapshot(eng)}

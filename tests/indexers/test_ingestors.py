@@ -1,6 +1,6 @@
 """Ingestor contract (every registry entry), image and text specifics, broken inputs, the registry.
 
-Broken files are generated in tmp_path at test time; real samples come from eval_data_dir().
+Broken files are generated in tmp_path at test time; real samples come from the evaluation data (``eval_dir``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import struct
 import sys
 import zlib
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -22,27 +22,8 @@ from indexers.images import ImageIngestor
 from indexers.registry import DEFAULT_INGESTORS, IngestorSpec, Registry, default_registry, load_ingestor
 from indexers.sniff import EXTENSION_TYPES, family
 from indexers.text import TextIngestor, decode_bytes, html_to_text
-from retriever.config import Config, eval_data_dir
 from retriever.errors import IngestError, LimitExceeded, UnsupportedInput
 from retriever.types import Item, Modality
-
-
-def _ctx(**overrides: object) -> IngestContext:
-    return IngestContext(config=Config().with_overrides({f"ingest.{k}": v for k, v in overrides.items()}))
-
-
-def _eval_dir() -> Path:
-    root = eval_data_dir()
-    if not root.is_dir():
-        pytest.skip(f"evaluation data not found at {root} (set MMRAG_EVAL_DATA)")
-    return root
-
-
-def _coco() -> list[Path]:
-    files = sorted((_eval_dir() / "images" / "coco").glob("*.jpg"))
-    if not files:
-        pytest.skip("no COCO photos under the evaluation data")
-    return files
 
 
 def _save(image: Image.Image, path: Path, **kw: object) -> Path:
@@ -69,15 +50,17 @@ _EVAL_SAMPLES = {
 _EVAL_TRUNCATABLE = {**_EVAL_SAMPLES, "audio": "audio/jfk.flac", "video": "video/big_buck_bunny_small.mp4"}
 
 
-def _sample(fam: str, tmp_path: Path, table: dict[str, str] = _EVAL_SAMPLES) -> Path:
-    """A valid file of the family, built in tmp_path or copied from the evaluation data."""
+def _sample(
+    fam: str, tmp_path: Path, request: pytest.FixtureRequest, table: dict[str, str] = _EVAL_SAMPLES
+) -> Path:
+    """A valid file of the family, built in tmp_path or copied from the evaluation data (``eval_dir``)."""
     if fam == "image":
         return _save(_gradient(96, 64), tmp_path / "sample.jpg", quality=90)
     if fam == "text":
         path = tmp_path / "sample.txt"
         path.write_text(_TEXT_SAMPLE, encoding="utf-8")
         return path
-    source = _eval_dir() / table[fam]
+    source = request.getfixturevalue("eval_dir") / table[fam]
     path = tmp_path / f"sample{source.suffix}"
     path.write_bytes(source.read_bytes())
     return path
@@ -120,12 +103,12 @@ def _suffix_for(content_type: str) -> str:
 
 @pytest.mark.parametrize("fam", sorted(SPECS))
 def test_contract_valid_sample_yields_items_with_absolute_uri(
-    fam: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fam: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest, ingest_ctx
 ) -> None:
     ing = _loaded(SPECS[fam])
-    sample = _sample(fam, tmp_path)
+    sample = _sample(fam, tmp_path, request)
     monkeypatch.chdir(tmp_path)
-    ctx = _ctx()
+    ctx = ingest_ctx()
     items = list(ing.ingest(Path(sample.name), ctx))  # a relative path in, absolute URIs out
     assert items, f"{ing.name} yielded nothing for {sample.name}"
     for item in items:
@@ -138,36 +121,38 @@ def test_contract_valid_sample_yields_items_with_absolute_uri(
 
 
 @pytest.mark.parametrize("fam", sorted(SPECS))
-def test_contract_zero_byte_file_is_an_ingest_error(fam: str, tmp_path: Path) -> None:
+def test_contract_zero_byte_file_is_an_ingest_error(fam: str, tmp_path: Path, ingest_ctx) -> None:
     ing = _loaded(SPECS[fam])
     suffix = {"image": ".jpg", "text": ".txt", "pdf": ".pdf", "audio": ".wav", "video": ".mp4"}[fam]
     empty = tmp_path / f"empty{suffix}"
     empty.write_bytes(b"")
     with pytest.raises(IngestError, match="empty"):
-        list(ing.ingest(empty, _ctx()))
+        list(ing.ingest(empty, ingest_ctx()))
 
 
 @pytest.mark.parametrize("fam", sorted(SPECS))
-def test_contract_truncated_sample_is_an_ingest_error(fam: str, tmp_path: Path) -> None:
+def test_contract_truncated_sample_is_an_ingest_error(
+    fam: str, tmp_path: Path, request: pytest.FixtureRequest, ingest_ctx
+) -> None:
     ing = _loaded(SPECS[fam])
-    truncated = _truncated(_sample(fam, tmp_path, _EVAL_TRUNCATABLE))
+    truncated = _truncated(_sample(fam, tmp_path, request, _EVAL_TRUNCATABLE))
     if fam == "text":  # a prefix of a text file is a text file: it must ingest, not crash
-        items = list(ing.ingest(truncated, _ctx()))
+        items = list(ing.ingest(truncated, ingest_ctx()))
         assert items and all(i.text for i in items)
         return
     with pytest.raises(IngestError) as info:
-        list(ing.ingest(truncated, _ctx()))
+        list(ing.ingest(truncated, ingest_ctx()))
     assert str(info.value).strip(), "the reason must not be empty"
 
 
 # ---------------------------------------------------------------- COCO photos
 
 
-def test_all_coco_photos_ingest() -> None:
-    files = _coco()
+def test_all_coco_photos_ingest(coco_photos: list[Path], ingest_ctx) -> None:
+    files = coco_photos
     assert len(files) == 51
     registry = default_registry()
-    ctx = _ctx()
+    ctx = ingest_ctx()
     failures = []
     for path in files:
         try:
@@ -189,9 +174,9 @@ def test_all_coco_photos_ingest() -> None:
     assert failures == []
 
 
-def test_coco_downscale_draft_matches_full_decode() -> None:
-    path = _coco()[0]
-    ctx = _ctx(preview_px=200)
+def test_coco_downscale_draft_matches_full_decode(coco_photos: list[Path], ingest_ctx) -> None:
+    path = coco_photos[0]
+    ctx = ingest_ctx(preview_px=200)
     fast = next(ImageIngestor().ingest(path, ctx))
     full = next(ImageIngestor(use_draft=False).ingest(path, ctx))
     assert max(fast.image.size) == 200 and max(full.image.size) == 200
@@ -202,9 +187,9 @@ def test_coco_downscale_draft_matches_full_decode() -> None:
     assert np.abs(a - b).mean() < 6.0
 
 
-def test_large_jpeg_is_decoded_small_then_bounded(tmp_path: Path) -> None:
+def test_large_jpeg_is_decoded_small_then_bounded(tmp_path: Path, ingest_ctx) -> None:
     path = _save(_gradient(3000, 2000), tmp_path / "big.jpg", quality=85)
-    item = next(ImageIngestor().ingest(path, _ctx(preview_px=512)))
+    item = next(ImageIngestor().ingest(path, ingest_ctx(preview_px=512)))
     assert item.image.size == (512, 341)
     assert (item.metadata["width"], item.metadata["height"]) == (3000, 2000)
     # draft mode really shrinks the decode: the JPEG loader is asked for >= 512 on the long side
@@ -256,11 +241,11 @@ def _resolve_and_ingest(registry: Registry, path: Path, ctx: IngestContext) -> l
     return list(ingestor.ingest(path, ctx))
 
 
-def test_broken_files_fail_with_clear_reasons(tmp_path: Path) -> None:
+def test_broken_files_fail_with_clear_reasons(tmp_path: Path, ingest_ctx) -> None:
     expected = _broken_folder(tmp_path)
     _save(_gradient(64, 48), tmp_path / "good.png")
     registry = default_registry()
-    ctx = _ctx()
+    ctx = ingest_ctx()
     seen: dict[str, Exception] = {}
     ok = []
     for path in sorted(tmp_path.iterdir()):
@@ -277,26 +262,26 @@ def test_broken_files_fail_with_clear_reasons(tmp_path: Path) -> None:
     assert Image.MAX_IMAGE_PIXELS == 89_478_485  # PIL's global limit left untouched
 
 
-def test_pixel_limit_is_read_from_config(tmp_path: Path) -> None:
+def test_pixel_limit_is_read_from_config(tmp_path: Path, ingest_ctx) -> None:
     path = _save(_gradient(40, 30), tmp_path / "small.png")
     with pytest.raises(LimitExceeded, match=r"40x30 = 1200 pixels, over the limit of 1000"):
-        list(ImageIngestor().ingest(path, _ctx(max_image_pixels=1000)))
-    assert len(list(ImageIngestor().ingest(path, _ctx(max_image_pixels=1200)))) == 1
+        list(ImageIngestor().ingest(path, ingest_ctx(max_image_pixels=1000)))
+    assert len(list(ImageIngestor().ingest(path, ingest_ctx(max_image_pixels=1200)))) == 1
 
 
-def test_truncated_png_and_file_size_limit(tmp_path: Path) -> None:
+def test_truncated_png_and_file_size_limit(tmp_path: Path, ingest_ctx) -> None:
     png = _save(_gradient(200, 150), tmp_path / "g.png")
     cut = _truncated(png, 0.5)
     with pytest.raises(IngestError, match="truncated or corrupt PNG"):
-        list(ImageIngestor().ingest(cut, _ctx()))
+        list(ImageIngestor().ingest(cut, ingest_ctx()))
     with pytest.raises(LimitExceeded, match="max_file_bytes"):
-        list(ImageIngestor().ingest(png, _ctx(max_file_bytes=100)))
+        list(ImageIngestor().ingest(png, ingest_ctx(max_file_bytes=100)))
 
 
 # ---------------------------------------------------------------- orientation, modes, metadata
 
 
-def test_exif_orientation_and_camera_metadata(tmp_path: Path) -> None:
+def test_exif_orientation_and_camera_metadata(tmp_path: Path, ingest_ctx) -> None:
     img = Image.new("RGB", (60, 40), (255, 0, 0))
     img.paste((0, 0, 255), (30, 0, 60, 40))  # left red, right blue
     exif = Image.Exif()
@@ -305,7 +290,7 @@ def test_exif_orientation_and_camera_metadata(tmp_path: Path) -> None:
     exif[0x0110] = "Canon EOS 5D"
     exif.get_ifd(0x8769)[0x9003] = "2021:05:01 12:34:56"
     path = _save(img, tmp_path / "rotated.jpg", exif=exif, quality=95)
-    item = next(ImageIngestor().ingest(path, _ctx()))
+    item = next(ImageIngestor().ingest(path, ingest_ctx()))
     assert item.image.size == (40, 60)
     top, bottom = item.image.getpixel((20, 5)), item.image.getpixel((20, 55))
     assert top[0] > 200 and top[2] < 60, top  # the left (red) half is now on top
@@ -353,10 +338,10 @@ def _modes(tmp_path: Path) -> Iterator[tuple[str, Path, tuple[int, int, int]]]:
     yield "1-bit png", _save(Image.new("1", (40, 30), 1), tmp_path / "bw.png"), (255, 255, 255)
 
 
-def test_every_mode_becomes_rgb(tmp_path: Path) -> None:
+def test_every_mode_becomes_rgb(tmp_path: Path, ingest_ctx) -> None:
     registry = default_registry()
     for label, path, rgb in _modes(tmp_path):
-        items = _resolve_and_ingest(registry, path, _ctx())
+        items = _resolve_and_ingest(registry, path, ingest_ctx())
         assert len(items) == 1, label
         image = items[0].image
         assert image.mode == "RGB" and image.size == (40, 30), label
@@ -364,17 +349,17 @@ def test_every_mode_becomes_rgb(tmp_path: Path) -> None:
         assert max(abs(a - b) for a, b in zip(got, rgb, strict=True)) <= 6, f"{label}: {got} != {rgb}"
 
 
-def test_16bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
+def test_16bit_png_is_scaled_not_clipped(tmp_path: Path, ingest_ctx) -> None:
     ramp = (np.arange(40, dtype=np.uint16) * 1600)[None, :].repeat(30, 0)
-    item = next(ImageIngestor().ingest(_save(Image.fromarray(ramp), tmp_path / "ramp.png"), _ctx()))
+    item = next(ImageIngestor().ingest(_save(Image.fromarray(ramp), tmp_path / "ramp.png"), ingest_ctx()))
     row = np.asarray(item.image)[0, :, 0].astype(int)
     assert row[0] == 0 and 240 <= row[-1] <= 245  # 62400 / 257
     assert np.all(np.diff(row) >= 0) and len(set(row.tolist())) > 30
 
 
-def test_large_png_is_bounded(tmp_path: Path) -> None:
+def test_large_png_is_bounded(tmp_path: Path, ingest_ctx) -> None:
     path = _save(_gradient(2048, 1024), tmp_path / "wide.png")
-    item = next(ImageIngestor().ingest(path, _ctx(preview_px=1024)))
+    item = next(ImageIngestor().ingest(path, ingest_ctx(preview_px=1024)))
     assert item.image.size == (1024, 512)
     assert (item.metadata["width"], item.metadata["height"]) == (2048, 1024)
 
@@ -382,9 +367,15 @@ def test_large_png_is_bounded(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- text, markdown, html
 
 
-def _text_items(path: Path, **cfg: object) -> tuple[list[Item], IngestContext]:
-    ctx = _ctx(**cfg)
-    return list(TextIngestor().ingest(path, ctx)), ctx
+@pytest.fixture()
+def text_items(ingest_ctx) -> Callable[..., tuple[list[Item], IngestContext]]:
+    """``text_items(path, **ingest_settings)``: the text ingestor's items for a file, and its context."""
+
+    def ingest(path: Path, **cfg: object) -> tuple[list[Item], IngestContext]:
+        ctx = ingest_ctx(**cfg)
+        return list(TextIngestor().ingest(path, ctx)), ctx
+
+    return ingest
 
 
 def _assert_chunks_slice_back(items: list[Item], text: str, max_chars: int) -> None:
@@ -398,11 +389,11 @@ def _assert_chunks_slice_back(items: list[Item], text: str, max_chars: int) -> N
     assert all(covered[i] or text[i].isspace() for i in range(len(text)))
 
 
-def test_plain_text_chunks_slice_back(tmp_path: Path) -> None:
+def test_plain_text_chunks_slice_back(tmp_path: Path, text_items) -> None:
     body = "\r\n\r\n".join(f"Paragraph {i}. " + "Evidence sentence number %d. " % i * 12 for i in range(12))
     path = tmp_path / "notes.txt"
     path.write_bytes(body.encode("utf-8"))
-    items, ctx = _text_items(path, chunk_chars=400, chunk_overlap=60)
+    items, ctx = text_items(path, chunk_chars=400, chunk_overlap=60)
     text = body.replace("\r\n", "\n")
     assert len(items) > 5
     _assert_chunks_slice_back(items, text, 400)
@@ -410,19 +401,19 @@ def test_plain_text_chunks_slice_back(tmp_path: Path) -> None:
     assert ctx.source_metadata["encoding"] == "utf-8" and ctx.source_metadata["chars"] == len(text)
 
 
-def test_real_markdown_and_text(tmp_path: Path) -> None:
-    root = _eval_dir() / "pdf" / "groundtruth"
+def test_real_markdown_and_text(tmp_path: Path, eval_dir: Path, text_items) -> None:
+    root = eval_dir / "pdf" / "groundtruth"
     md = root / "docling__multi_page.docling.md"
-    items, ctx = _text_items(md)
+    items, ctx = text_items(md)
     assert ctx.source_metadata["title"] == "The Evolution of the Word Processor"
     assert all(i.metadata["title"] == "The Evolution of the Word Processor" for i in items)
     _assert_chunks_slice_back(items, md.read_text(encoding="utf-8").replace("\r\n", "\n"), 1000)
     txt = root / "pypdf__crazyones.txt"
-    items, _ = _text_items(txt)
+    items, _ = text_items(txt)
     assert len(items) == 1 and "crazy" in items[0].text.lower()
 
 
-def test_html_visible_text_only(tmp_path: Path) -> None:
+def test_html_visible_text_only(tmp_path: Path, text_items) -> None:
     html = """<!DOCTYPE html><html><head><title>  Field   Notes </title>
     <meta charset="utf-8"><style>.x { color: red }</style><script>var SECRET_TOKEN = 1;</script></head>
     <body><h1>Heading</h1><p>First <b>bold</b> paragraph.</p><!-- hidden comment -->
@@ -431,7 +422,7 @@ def test_html_visible_text_only(tmp_path: Path) -> None:
     <script type="application/ld+json">{"JSONLD": true}</script><p>Last.</p></body></html>"""
     path = tmp_path / "page.html"
     path.write_text(html, encoding="utf-8")
-    items, ctx = _text_items(path)
+    items, ctx = text_items(path)
     text, title = html_to_text(html)
     assert title == "Field Notes" and ctx.source_metadata["title"] == "Field Notes"
     joined = "\n".join(i.text for i in items)
@@ -449,39 +440,39 @@ def test_html_visible_text_only(tmp_path: Path) -> None:
     _assert_chunks_slice_back(items, text, 1000)
 
 
-def test_cp1252_and_bom_files_decode(tmp_path: Path) -> None:
+def test_cp1252_and_bom_files_decode(tmp_path: Path, text_items) -> None:
     sentence = "Caf\u00e9 na\u00efve \u2013 \u201cquoted\u201d \u20ac100, d\u00e9j\u00e0 vu, se\u00f1or."
     cp = tmp_path / "latin.txt"
     cp.write_bytes(sentence.encode("cp1252"))
-    items, ctx = _text_items(cp)
+    items, ctx = text_items(cp)
     assert items[0].text == sentence and ctx.source_metadata["encoding"] == "cp1252"
     for name, data in (
         ("bom8.txt", b"\xef\xbb\xbf" + sentence.encode("utf-8")),
         ("bom16.txt", sentence.encode("utf-16")),  # BOM + UTF-16: sniffed as binary, read by extension
     ):
         (tmp_path / name).write_bytes(data)
-        assert _text_items(tmp_path / name)[0][0].text == sentence, name
+        assert text_items(tmp_path / name)[0][0].text == sentence, name
     russian = "\u041f\u0440\u0438\u0432\u0435\u0442, \u043a\u0430\u043a \u0434\u0435\u043b\u0430? "
     russian += "\u042d\u0442\u043e \u0442\u0435\u043a\u0441\u0442."
     assert decode_bytes(russian.encode("cp1251")) == (russian, "cp1251")
 
 
-def test_blank_binary_and_oversized_text(tmp_path: Path) -> None:
+def test_blank_binary_and_oversized_text(tmp_path: Path, text_items) -> None:
     blank = tmp_path / "blank.txt"
     blank.write_text("  \n\n\t  \n")
-    items, ctx = _text_items(blank)
+    items, ctx = text_items(blank)
     assert items == [] and ctx.notes
     only_script = tmp_path / "s.html"
     only_script.write_text("<html><script>x=1</script></html>")
-    assert _text_items(only_script)[0] == []
+    assert text_items(only_script)[0] == []
     binary = tmp_path / "bin.txt"
     binary.write_bytes(bytes(range(256)) * 4)
     with pytest.raises(IngestError, match="binary"):
-        _text_items(binary)
+        text_items(binary)
     big = tmp_path / "big.txt"
     big.write_text("word " * 100)
     with pytest.raises(LimitExceeded, match="500 bytes, over the limit of 100"):
-        _text_items(big, max_file_bytes=100)
+        text_items(big, max_file_bytes=100)
 
 
 # ---------------------------------------------------------------- the registry
@@ -577,15 +568,14 @@ def test_is_candidate(tmp_path: Path) -> None:
     assert chosen == {"photo.JPG", "report.pdf", "talk.mp3", "notes.md", "README", "picture"}
 
 
-def test_engine_records_each_broken_file_with_its_reason(tmp_path: Path) -> None:
-    engine = pytest.importorskip("pipelines.engine", reason="pipelines.engine not available yet")
+def test_engine_records_each_broken_file_with_its_reason(tmp_path: Path, open_engine) -> None:
     src = tmp_path / "in"
     src.mkdir()
     expected = _broken_folder(src)
     expected.pop("archive.xyz")  # unknown extension: skipped by discovery, not a failure
     (src / "notes.txt").write_text("The cat sat on the mat next to the retrieval engine.\n")
     (src / "tool.py").write_text("print('not a document')\n")
-    with engine.Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as eng:
+    with open_engine(tmp_path / "store") as eng:
         report = eng.ingest([src])
     failed = {Path(uri).name: reason for uri, reason in report.failed}
     assert set(failed) == set(expected)

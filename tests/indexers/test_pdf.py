@@ -7,6 +7,7 @@ import difflib
 import importlib.util
 import json
 import re
+import sys
 import threading
 import time
 import unicodedata
@@ -125,14 +126,6 @@ def text_page_pdf(lines: list[str], size: tuple[int, int] = (612, 792), rotate: 
             b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
         ]
     )
-
-
-@pytest.fixture(scope="module")
-def pdf_dir(eval_dir: Path) -> Path:
-    path = eval_dir / "pdf"
-    if not (path / "pdf_notes.json").is_file():
-        pytest.skip(f"no PDF eval data at {path}")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -421,9 +414,7 @@ def test_scanned_page_without_ocr_keeps_its_image_and_says_so(sweep) -> None:
 
 
 def test_ocr_unavailable_note(pdf_dir: Path, monkeypatch) -> None:
-    import indexers.pdf.ocr
-
-    monkeypatch.setattr(indexers.pdf.ocr, "_rapidocr_importable", lambda: False)
+    monkeypatch.setitem(sys.modules, "rapidocr_onnxruntime", None)  # as if the package were not installed
     items, ctx = ingest(pdf_dir / "docling__ocr_test.pdf", **{"pdf.ocr": "auto"})
     assert [it.kind for it in items] == ["page"]
     assert ctx.notes == ["page 1: no text layer; OCR is not installed (pip install rapidocr-onnxruntime)"]
@@ -540,13 +531,12 @@ def test_damaged_pdfs_never_raise_anything_but_ingest_errors(tmp_path: Path, pdf
 
 
 def test_pypdf_fallback_when_pdfium_cannot_open(monkeypatch, pdf_dir: Path) -> None:
-    import indexers.pdf.ingestor
-    from indexers.pdf.document import PdfOpenError
+    import pypdfium2
 
-    def refuse(path, passwords):
-        raise PdfOpenError("simulated failure")
+    def refuse(path, password=None):
+        raise pypdfium2.PdfiumError("simulated failure")
 
-    monkeypatch.setattr(indexers.pdf.ingestor, "open_pdfium", refuse)
+    monkeypatch.setattr(pypdfium2, "PdfDocument", refuse)
     items, ctx = ingest(pdf_dir / "pypdf__crazyones.pdf")
     assert {it.kind for it in items} == {"chunk"} and all(it.locator.bbox is None for it in items)
     assert "The Crazy Ones" in items[0].text
@@ -614,18 +604,14 @@ QUESTIONS = [
 ]
 
 
-def test_engine_finds_the_page_that_answers(tmp_path: Path, pdf_dir: Path) -> None:
-    try:
-        from pipelines.engine import Engine
-    except ImportError as exc:  # the engine lands separately
-        pytest.skip(f"pipelines.engine not importable: {exc}")
+def test_engine_finds_the_page_that_answers(tmp_path: Path, pdf_dir: Path, open_engine) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
     others = ("pypdf__crazyones.pdf", "docling__amt_handbook_sample.pdf", ENCRYPTED)
     for name in ("docling__multi_page.pdf", *others):
         (docs / name).write_bytes((pdf_dir / name).read_bytes())
     store = tmp_path / "store"
-    with Engine.open(store, overrides={"models.clip": "none", "pdf.ocr": "off"}) as eng:
+    with open_engine(store, {"pdf.ocr": "off"}) as eng:
         report = eng.ingest([docs])
         assert report.added == 3
         assert [(Path(uri).name, reason.split(" (")[0]) for uri, reason in report.failed] == [
@@ -646,9 +632,7 @@ def test_engine_finds_the_page_that_answers(tmp_path: Path, pdf_dir: Path) -> No
         figures = [it for it in handbook if it.kind == "figure"]
         assert len(figures) >= 5 and all(f.locator.page == 1 for f in figures)
         assert all(f.thumbnail and (store / f.thumbnail).is_file() for f in figures)
-    with Engine.open(
-        store, overrides={"models.clip": "none", "pdf.ocr": "off", "pdf.passwords": "1234"}
-    ) as eng:
+    with open_engine(store, {"pdf.ocr": "off", "pdf.passwords": "1234"}) as eng:
         report = eng.ingest([docs])
         assert report.added == 1 and not report.failed  # the encrypted file, now with its password
         hits = eng.search(text="DocLayNet human-annotated dataset for document layout analysis", k=3)

@@ -3,10 +3,8 @@ repair, the format version, and a full or read-only disk."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import random
 import re
 import sqlite3
 import subprocess
@@ -21,6 +19,7 @@ import pytest
 
 from pipelines.cli.main import main as cli_main
 from pipelines.engine import Engine
+from pipelines.testing import crash
 from retriever.config import Config
 from retriever.errors import StoreError, StoreLockedError
 from retriever.store import FORMAT_VERSION, Store
@@ -28,52 +27,12 @@ from retriever.index.faiss_index import FaissStore
 from retriever.maintenance.verify import verify
 
 REPO = Path(__file__).resolve().parents[2]
-TEXT_ONLY = {"models.clip": "none"}
-_SHARED: dict[str, object] = {}
 
 
-def _open(store: Path, overrides: dict | None = None) -> Engine:
-    """Engine.open, sharing one loaded text model across this module's engines (loading is the slow part)."""
-    eng = Engine.open(store, overrides={**TEXT_ONLY, **(overrides or {})})
-    key = f"{eng.config.models.text}|{eng.config.models.precision}"
-    if key not in _SHARED:
-        _SHARED[key] = eng.text_encoder
-    eng._text = _SHARED[key]
-    return eng
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("crash_test", REPO / "bench" / "crash_test.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["crash_test"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-crash_test = _load_bench()
-
-
-def _docs(eval_dir: Path, n: int, seed: int, mark: str = "") -> list[str]:
-    """``n`` SciFact abstracts; with ``mark``, every sentence carries it (so every chunk matches it)."""
-    rng = random.Random(seed)
-    docs = rng.sample(crash_test.scifact_docs(eval_dir), n)
-    out = []
-    for d in docs:
-        text = f"{d['title']}\n\n{d['text']}"
-        if mark:
-            text = re.sub(r"([.!?])(\s|$)", rf" {mark}\1\2", text)
-        out.append(text + "\n")
-    return out
-
-
-def _write(root: Path, texts: list[str], prefix: str = "doc") -> list[Path]:
-    root.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, text in enumerate(texts):
-        path = root / f"{prefix}{i:03d}.txt"
-        path.write_text(text, encoding="utf-8")
-        paths.append(path)
-    return paths
+@pytest.fixture(scope="module")
+def torture_models(tiny_clip_spec: str) -> crash.Models:
+    """The torture's models (fp32, like its worker processes), loaded once for this module."""
+    return crash.load_models(tiny_clip_spec)
 
 
 def _ids_by_source(store: Store) -> dict[str, set[int]]:
@@ -94,15 +53,14 @@ def _snapshot(eng: Engine, queries: list[str]) -> dict:
 
 
 # ---- 1. kill -9 ----------------------------------------------------------------------------
-def test_kill9_short_torture(tmp_path: Path, eval_dir: Path, tiny_clip_spec: str) -> None:
+def test_kill9_short_torture(
+    tmp_path: Path, eval_dir: Path, tiny_clip_spec: str, torture_models: crash.Models
+) -> None:
     """3 rounds on ~30 files, killed while encoding, inside a commit and halfway through an index save."""
-    def ingest(store: Path, corpus: Path, overrides: dict[str, str]) -> None:
-        with _open(store, overrides) as eng:
-            eng.ingest([corpus])
-
-    summary = crash_test.torture(
+    summary = crash.torture(
         tmp_path, eval_dir, rounds=3, n_texts=14, n_images=8, n_pdfs=1, clip=tiny_clip_spec, save_every=5,
-        kills=["encode:2", "in_commit:3", "save_partial:1"], log=lambda m: None, ingest=ingest, opener=_open,
+        kills=["encode:2", "in_commit:3", "save_partial:1"], log=lambda m: None, models=torture_models,
+        in_process=True,
     )
     assert summary["killed"] >= 2, summary  # the fault points were really reached
     assert summary["items_lost"] == 0 and summary["duplicates"] == 0, summary
@@ -114,9 +72,12 @@ def test_kill9_short_torture(tmp_path: Path, eval_dir: Path, tiny_clip_spec: str
 
 
 @pytest.mark.slow
-def test_kill9_full_torture(tmp_path: Path, eval_dir: Path, tiny_clip_spec: str) -> None:
+def test_kill9_full_torture(
+    tmp_path: Path, eval_dir: Path, tiny_clip_spec: str, torture_models: crash.Models
+) -> None:
     """20 rounds on ~320 mixed files, killed at random points and random moments."""
-    summary = crash_test.torture(tmp_path, eval_dir, rounds=20, clip=tiny_clip_spec, seed=1, log=print)
+    summary = crash.torture(tmp_path, eval_dir, rounds=20, clip=tiny_clip_spec, seed=1, log=print,
+                            models=torture_models)
     print(json.dumps({k: v for k, v in summary.items() if k != "examples"}, indent=1))
     assert summary["rounds"] == 20 and summary["killed"] >= 12, summary
     for key in ("items_lost", "duplicates", "index_mismatches", "verify_errors", "items_only_in_crash",
@@ -124,11 +85,13 @@ def test_kill9_full_torture(tmp_path: Path, eval_dir: Path, tiny_clip_spec: str)
         assert summary[key] == 0, (key, summary)
 
 
-def test_commit_log_check_detects_a_lost_commit(tmp_path: Path, eval_dir: Path) -> None:
+def test_commit_log_check_detects_a_lost_commit(
+    tmp_path: Path, open_engine, scifact_texts, text_files
+) -> None:
     """The torture's checks are not vacuous: a deleted item and an orphan index id are both caught."""
     corpus = tmp_path / "c"
-    _write(corpus, _docs(eval_dir, 4, seed=3))
-    with _open(tmp_path / "s") as eng:
+    text_files(corpus, scifact_texts(4, seed=3))
+    with open_engine(tmp_path / "s") as eng:
         eng.ingest([corpus])
         committed = {uri: sorted(ids) for uri, ids in _ids_by_source(eng.store).items()}
     victim = next(iter(committed))
@@ -137,16 +100,16 @@ def test_commit_log_check_detects_a_lost_commit(tmp_path: Path, eval_dir: Path) 
     con.execute("DELETE FROM items WHERE id = ?", (committed[victim][0],))
     con.commit()
     con.close()
-    check = crash_test.check_store(tmp_path / "s", "none", committed)
+    check = crash.check_store(tmp_path / "s", "none", committed)
     assert check["lost"] == 1
     assert check["mismatches"] == 2  # the unlogged delete leaves the id in the text index and in BM25
     assert {e["code"] for e in check["verify_errors"]} == {"index_orphan", "source_count"}
 
 
 # ---- 2. one writer, many readers ----------------------------------------------------------------
-def test_second_writer_fails_clearly_or_waits(tmp_path: Path, eval_dir: Path) -> None:
+def test_second_writer_fails_clearly_or_waits(tmp_path: Path, open_engine, scifact_texts, text_files) -> None:
     corpus = tmp_path / "c"
-    _write(corpus, _docs(eval_dir, 2, seed=5))
+    text_files(corpus, scifact_texts(2, seed=5))
     store_dir = tmp_path / "s"
     marker = tmp_path / "released"
     holder = subprocess.Popen(
@@ -162,17 +125,17 @@ def test_second_writer_fails_clearly_or_waits(tmp_path: Path, eval_dir: Path) ->
     )
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with _open(store_dir) as eng:
+        with open_engine(store_dir) as eng:
             with pytest.raises(StoreLockedError, match=rf"being written by pid {holder.pid}"):
                 eng.ingest([corpus])
-        with _open(store_dir, {"ingest.lock_wait_s": 120}) as eng:
+        with open_engine(store_dir, {"ingest.lock_wait_s": 120}) as eng:
             seen: list[bool] = []
             report = eng.ingest([corpus], progress=lambda *a: seen.append(marker.exists()))
             assert report.added == 2 and seen and all(seen)  # it waited for the holder to let go
     finally:
         holder.wait(timeout=60)
     # same process, two engines on one store: the lock is per open file, so the second fails too
-    with _open(store_dir) as a, _open(store_dir) as b:
+    with open_engine(store_dir) as a, open_engine(store_dir) as b:
         with a.store.write_lock():
             with pytest.raises(StoreLockedError):
                 b.ingest([corpus])
@@ -192,21 +155,23 @@ def _check_observations(observations: list[dict], versions: list[dict[str, set[i
     return bad
 
 
-def test_eight_readers_during_ingest_shared_engine(tmp_path: Path, eval_dir: Path) -> None:
+def test_eight_readers_during_ingest_shared_engine(
+    tmp_path: Path, open_engine, scifact_texts, text_files
+) -> None:
     """8 threads search one Engine while it ingests: 0 errors, every source old or new, never partial."""
     mark = "zqxmark"
     corpus = tmp_path / "c"
-    texts = _docs(eval_dir, 24, seed=7, mark=mark)
-    paths = _write(corpus / "a", texts[:10])
+    texts = scifact_texts(24, seed=7, mark=mark)
+    paths = text_files(corpus / "a", texts[:10])
     # every item must be reachable through the dense run at full depth, so no similarity floor here:
     # the snapshot guarantee is what is measured, and BM25 refreshes lazily during an ingest
     settings = {"index.save_every_items": 10, "models.batch_size": 8, "search.min_text_similarity": -1.0}
-    with _open(tmp_path / "s", settings) as eng:
+    with open_engine(tmp_path / "s", settings) as eng:
         eng.ingest([corpus])
         before = _ids_by_source(eng.store)
         for path, text in zip(paths[:6], texts[18:24]):  # 6 sources change, 8 are new
             path.write_text(text, encoding="utf-8")
-        _write(corpus / "b", texts[10:18])
+        text_files(corpus / "b", texts[10:18])
         total = sum(len(v) for v in before.values()) * 4
         stop, errors, observations = threading.Event(), [], []
 
@@ -240,16 +205,18 @@ def test_eight_readers_during_ingest_shared_engine(tmp_path: Path, eval_dir: Pat
     assert _check_observations(observations, [before, after], always=set(before)) == 0
 
 
-def test_search_retries_when_a_commit_lands_mid_search(tmp_path: Path, eval_dir: Path, monkeypatch) -> None:
+def test_search_retries_when_a_commit_lands_mid_search(
+    tmp_path: Path, monkeypatch, open_engine, scifact_texts, text_files
+) -> None:
     """A search spans one catalog state: a commit during it (here: a removal) makes it run again."""
     from retriever.search import Retriever
 
     corpus = tmp_path / "c"
-    paths = _write(corpus, _docs(eval_dir, 3, seed=31))
-    with _open(tmp_path / "s") as eng:
+    paths = text_files(corpus, scifact_texts(3, seed=31))
+    with open_engine(tmp_path / "s") as eng:
         eng.ingest([corpus])
         victim = str(paths[0])
-        query = _docs(eval_dir, 3, seed=31)[0][:60]
+        query = scifact_texts(3, seed=31)[0][:60]
         original, calls = Retriever.search, []
 
         def racy(self, q):
@@ -265,14 +232,16 @@ def test_search_retries_when_a_commit_lands_mid_search(tmp_path: Path, eval_dir:
     assert victim not in {h.source_uri for h in hits}  # no hit points at an item the commit removed
 
 
-def test_reader_opened_before_the_first_ingest_sees_it(tmp_path: Path, eval_dir: Path) -> None:
+def test_reader_opened_before_the_first_ingest_sees_it(
+    tmp_path: Path, open_engine, scifact_texts, text_files
+) -> None:
     """A reader that opened an empty store picks up the spaces a writer registers later."""
     corpus = tmp_path / "c"
-    texts = _docs(eval_dir, 2, seed=37)
-    _write(corpus, texts)
-    with _open(tmp_path / "s") as reader:
+    texts = scifact_texts(2, seed=37)
+    text_files(corpus, texts)
+    with open_engine(tmp_path / "s") as reader:
         assert reader.search(text="anything at all", k=3) == []
-        with _open(tmp_path / "s") as writer:
+        with open_engine(tmp_path / "s") as writer:
             writer.ingest([corpus])
         hits = reader.search(text=texts[1][:80], k=3)
         assert hits and hits[0].source_uri == str(corpus / "doc001.txt") and "text" in hits[0].scores
@@ -284,7 +253,8 @@ from collections import defaultdict
 from pathlib import Path
 from pipelines.engine import Engine
 store, out, stop, mark = sys.argv[1:5]
-with Engine.open(store, overrides={"models.clip": "none"}) as eng, open(out, "w") as fh:
+settings = {"models.clip": "none", "index.bm25_refresh_s": 0}  # BM25 follows every commit at once
+with Engine.open(store, overrides=settings) as eng, open(out, "w") as fh:
     print("ready", flush=True)
     n = 0
     while not Path(stop).exists():
@@ -298,19 +268,19 @@ with Engine.open(store, overrides={"models.clip": "none"}) as eng, open(out, "w"
 """
 
 
-def test_reader_processes_during_ingest(tmp_path: Path, eval_dir: Path) -> None:
+def test_reader_processes_during_ingest(tmp_path: Path, open_engine, scifact_texts, text_files) -> None:
     """Two reader processes (no model: BM25 searches) poll the store while another process ingests."""
     mark = "zqxmark"
     corpus = tmp_path / "c"
-    texts = _docs(eval_dir, 20, seed=11, mark=mark)
-    paths = _write(corpus / "a", texts[:8])
+    texts = scifact_texts(20, seed=11, mark=mark)
+    paths = text_files(corpus / "a", texts[:8])
     store_dir = tmp_path / "s"
-    with _open(store_dir) as eng:
+    with open_engine(store_dir) as eng:
         eng.ingest([corpus])
         before = _ids_by_source(eng.store)
         for path, text in zip(paths[:5], texts[15:20]):
             path.write_text(text, encoding="utf-8")
-        _write(corpus / "b", texts[8:15])
+        text_files(corpus / "b", texts[8:15])
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         stop = tmp_path / "stop"
         readers = [
@@ -322,7 +292,6 @@ def test_reader_processes_during_ingest(tmp_path: Path, eval_dir: Path) -> None:
             for r in readers:
                 assert r.stdout.readline().strip() == "ready", r.stderr.read()
             report = eng.ingest([corpus])
-            time.sleep(2.5)  # > the BM25 refresh interval: the readers catch up with the last commit
         finally:
             stop.write_text("x")
             outs = [r.communicate(timeout=120) for r in readers]
@@ -348,15 +317,16 @@ def _cli(*args: str, capsys: pytest.CaptureFixture) -> tuple[int, dict]:
     return code, json.loads(out)
 
 
-def test_verify_finds_and_repair_fixes(tmp_path: Path, eval_dir: Path, tiny_clip_spec: str, capsys) -> None:
+def test_verify_finds_and_repair_fixes(
+    tmp_path: Path, capsys, open_engine, scifact_texts, text_files
+) -> None:
     from pipelines.synthetic import write_images
 
     corpus = tmp_path / "c"
-    texts = _write(corpus / "t", _docs(eval_dir, 6, seed=13))
+    texts = text_files(corpus / "t", scifact_texts(6, seed=13))
     images = write_images(corpus / "i", 6, seed=2, size=96)
     store_dir = tmp_path / "s"
-    overrides = {"models.clip": tiny_clip_spec}
-    with _open(store_dir, overrides) as eng:
+    with open_engine(store_dir, tiny_clip=True) as eng:
         eng.ingest([corpus])
         assert eng.verify().clean, eng.verify().to_dict()
         probe = texts[4].read_text(encoding="utf-8")[:120]  # a file the damage below leaves alone
@@ -402,7 +372,7 @@ def test_verify_finds_and_repair_fixes(tmp_path: Path, eval_dir: Path, tiny_clip
     assert missing["item_ids"] == [text_item]
 
     # readers are not stopped by the damage: unreadable caches are rebuilt in memory
-    with _open(store_dir, overrides) as eng:
+    with open_engine(store_dir, tiny_clip=True) as eng:
         assert found(eng) == query_before
 
     code, fixed = _cli("repair", "--store", str(store_dir), capsys=capsys)
@@ -411,7 +381,7 @@ def test_verify_finds_and_repair_fixes(tmp_path: Path, eval_dir: Path, tiny_clip
     assert any("marked them failed for re-ingest" in a for a in fixed["actions"])
     assert not orphan.exists()
 
-    with _open(store_dir, overrides) as eng:
+    with open_engine(store_dir, tiny_clip=True) as eng:
         report2 = eng.ingest([corpus], prune=True)  # re-encodes what repair had to drop
         assert report2.removed == 1 and report2.updated >= 3, report2.to_dict()
         final = eng.verify()
@@ -420,10 +390,12 @@ def test_verify_finds_and_repair_fixes(tmp_path: Path, eval_dir: Path, tiny_clip
         assert all((store_dir / eng.store.catalog.items_of_source(str(p))[0].thumbnail).is_file() for p in images)
 
 
-def test_verify_counts_on_a_healthy_store(tmp_path: Path, eval_dir: Path, capsys) -> None:
+def test_verify_counts_on_a_healthy_store(
+    tmp_path: Path, capsys, open_engine, scifact_texts, text_files
+) -> None:
     corpus = tmp_path / "c"
-    _write(corpus, _docs(eval_dir, 3, seed=17))
-    with _open(tmp_path / "s") as eng:
+    text_files(corpus, scifact_texts(3, seed=17))
+    with open_engine(tmp_path / "s") as eng:
         eng.ingest([corpus])
         report = eng.verify()
     assert report.clean and report.ok
@@ -433,10 +405,12 @@ def test_verify_counts_on_a_healthy_store(tmp_path: Path, eval_dir: Path, capsys
 
 
 # ---- 4. format version -----------------------------------------------------------------------
-def test_format_version_mismatch_fails_clearly(tmp_path: Path, eval_dir: Path, capsys) -> None:
+def test_format_version_mismatch_fails_clearly(
+    tmp_path: Path, capsys, open_engine, scifact_texts, text_files
+) -> None:
     corpus = tmp_path / "c"
-    _write(corpus, _docs(eval_dir, 1, seed=19))
-    with _open(tmp_path / "s") as eng:
+    text_files(corpus, scifact_texts(1, seed=19))
+    with open_engine(tmp_path / "s") as eng:
         eng.ingest([corpus])
     root = tmp_path / "s"
     manifest = root / "manifest.json"
@@ -481,13 +455,15 @@ def _noise_images(root: Path, n: int) -> None:
         Image.fromarray(rng.integers(0, 255, (300, 300, 3), dtype=np.uint8)).save(root / f"noise{i:03d}.png")
 
 
-def test_disk_full_fails_clearly_and_store_stays_consistent(small_disk: Path, tmp_path: Path, eval_dir: Path) -> None:
+def test_disk_full_fails_clearly_and_store_stays_consistent(
+    small_disk: Path, tmp_path: Path, open_engine, scifact_texts, text_files
+) -> None:
     good = tmp_path / "good"
-    _write(good, _docs(eval_dir, 5, seed=23))
+    text_files(good, scifact_texts(5, seed=23))
     _noise_images(tmp_path / "big", 250)  # ~250 noise thumbnails: more than the disk holds
     store_dir = small_disk / "store"
     queries = ["cells and proteins", "clinical trial outcome"]
-    with _open(store_dir) as eng:
+    with open_engine(store_dir) as eng:
         eng.ingest([good])
         before = _snapshot(eng, queries)
         threads = threading.active_count()
@@ -496,46 +472,48 @@ def test_disk_full_fails_clearly_and_store_stays_consistent(small_disk: Path, tm
             eng.ingest([tmp_path / "big"])
         assert re.search(r"No space left on device|database or disk is full", str(err.value)), str(err.value)
         assert threading.active_count() == threads  # the run's workers stopped
-    with _open(store_dir) as eng:  # still opens, while the disk is still full
+    with open_engine(store_dir) as eng:  # still opens, while the disk is still full
         report = eng.verify()
         assert report.ok, report.to_dict()
         after = _snapshot(eng, queries)
         assert {i: v for i, v in after["items"].items() if i in before["items"]} == before["items"]
         assert after["results"] == before["results"]
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)  # space freed
-    with _open(store_dir) as eng:
+    with open_engine(store_dir) as eng:
         fixed = eng.repair()  # deletes what the failed run left behind (media of rolled-back items)
         assert fixed.ok and fixed.after.clean, fixed.after.problems
         assert _snapshot(eng, queries)["results"] == before["results"]
 
 
-def test_read_only_store_searches_and_refuses_writes(small_disk: Path, tmp_path: Path, eval_dir: Path) -> None:
+def test_read_only_store_searches_and_refuses_writes(
+    small_disk: Path, tmp_path: Path, open_engine, scifact_texts, text_files
+) -> None:
     good = tmp_path / "good"
-    _write(good, _docs(eval_dir, 4, seed=29))
+    text_files(good, scifact_texts(4, seed=29))
     store_dir = small_disk / "store"
     queries = ["cells and proteins"]
-    with _open(store_dir) as eng:
+    with open_engine(store_dir) as eng:
         eng.ingest([good])
         before = _snapshot(eng, queries)
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
     try:
-        with _open(store_dir) as eng:
+        with open_engine(store_dir) as eng:
             assert _snapshot(eng, queries) == before
             assert eng.verify().clean
             extra = tmp_path / "extra"
-            _write(extra, ["one more document\n"])
+            text_files(extra, ["one more document\n"])
             with pytest.raises(StoreError, match=rf"store {re.escape(str(store_dir))}.*Read-only file system"):
                 eng.ingest([extra])
             with pytest.raises(StoreError, match="Read-only file system"):
                 eng.remove([str(good)])
     finally:
         subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
-    with _open(store_dir) as eng:
+    with open_engine(store_dir) as eng:
         assert _snapshot(eng, queries) == before and eng.verify().clean
 
 
-def test_unwritable_store_dir_is_a_store_error(tmp_path: Path) -> None:
+def test_unwritable_store_dir_is_a_store_error(tmp_path: Path, open_engine) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     with pytest.raises(StoreError, match="cannot create store"):
-        _open(blocker / "store")
+        open_engine(blocker / "store")

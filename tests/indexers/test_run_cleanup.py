@@ -17,9 +17,11 @@ def _statuses(eng) -> list[str]:
         return [r.status for r in s.query(RunRow).order_by(RunRow.id)]
 
 
-def test_a_good_run_cleans_up_after_failed_and_killed_ones(tmp_path: Path, eval_dir: Path, clip_store) -> None:
+def test_a_good_run_cleans_up_after_failed_and_killed_ones(
+    tmp_path: Path, coco_photos: list[Path], clip_store
+) -> None:
     eng = clip_store
-    photos = sorted((eval_dir / "images" / "coco").glob("*.jpg"))
+    photos = coco_photos
     first, second = tmp_path / "first", tmp_path / "second"
     first.mkdir()
     second.mkdir()

@@ -101,25 +101,24 @@ def test_a_file_swapped_for_an_outside_link_after_discovery_is_refused(tmp_path:
     (allowed / "a.txt").symlink_to(outside / "secret.txt")
     workers = FileWorkers(eng.store, eng.registry, None, eng.config, None, threading.Event(), (str(allowed),))
     with pytest.raises(IngestError, match="^outside the allowed directories$"):
-        workers._source_info(found)
+        workers.source_info(found)
 
 
-def _photos(eval_dir: Path, dest: Path, n: int) -> list[Path]:
+def _photos(photos: list[Path], dest: Path, n: int) -> list[Path]:
     dest.mkdir(parents=True, exist_ok=True)
-    src = sorted((eval_dir / "images" / "coco").glob("*.jpg"))[:n]
-    return [Path(shutil.copy(p, dest / p.name)) for p in src]
+    return [Path(shutil.copy(p, dest / p.name)) for p in photos[:n]]
 
 
-def test_ingest_of_a_tree_holding_the_store_skips_the_store(tmp_path: Path, eval_dir: Path, tiny_clip_spec: str) -> None:
-    from pipelines.engine import Engine
-
+def test_ingest_of_a_tree_holding_the_store_skips_the_store(
+    tmp_path: Path, coco_photos: list[Path], open_engine
+) -> None:
     tree = tmp_path / "tree"
-    _photos(eval_dir, tree, 4)
+    _photos(coco_photos, tree, 4)
     foreign = tree / "old-store"  # another mmrag store in the tree: manifest, catalog, indexes, thumbnails
     (foreign / "indexes").mkdir(parents=True)
     (foreign / "manifest.json").write_text(json.dumps({"format_version": 2, "spaces": {}}))
-    _photos(eval_dir, foreign / "media" / "thumbs" / "001", 1)
-    with Engine.open(tree / "mmrag-store", overrides={"models.clip": tiny_clip_spec}) as eng:
+    _photos(coco_photos, foreign / "media" / "thumbs" / "001", 1)
+    with open_engine(tree / "mmrag-store", tiny_clip=True) as eng:
         for run in range(3):
             report = eng.ingest([tree])
             assert eng.store.catalog.counts()["items"] == 4, (run, report.to_dict())

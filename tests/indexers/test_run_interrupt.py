@@ -4,7 +4,6 @@ consistent store, and the next run ingests the rest."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -13,11 +12,16 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from indexers.ingest.interrupt import Interrupt
+from indexers.registry import Registry, default_registry
+from pipelines.engine import Engine
+from retriever.config import Config
+from retriever.store import Store
 
 
 def test_a_first_ctrl_c_lets_a_critical_section_finish_then_raises() -> None:
@@ -35,18 +39,6 @@ def test_a_first_ctrl_c_lets_a_critical_section_finish_then_raises() -> None:
         steps.append("not reached")  # outside a critical section it raises at once
     assert steps == ["committed"]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
-
-
-def _corpus(eval_dir: Path, root: Path, n: int) -> list[Path]:
-    root.mkdir(parents=True)
-    paths = []
-    with open(eval_dir / "retrieval" / "scifact_beir_subset" / "corpus.jsonl", encoding="utf-8") as fh:
-        for i, line in zip(range(n), fh):
-            doc = json.loads(line)
-            path = root / f"doc{i:03d}.txt"
-            path.write_text(f"{doc['title']}\n\n{doc['text']}\n", encoding="utf-8")
-            paths.append(path)
-    return paths
 
 
 def _start(store: Path, corpus: Path) -> subprocess.Popen:
@@ -99,15 +91,25 @@ class _StuckText:
         yield from self.inner.ingest(path, ctx)
 
 
-def test_sigint_does_not_wait_for_a_worker_stuck_in_one_file(tmp_path: Path, eval_dir: Path, text_store) -> None:
-    from indexers.registry import Registry, default_registry
+@pytest.fixture()
+def stuck_engine(tmp_path: Path, text_encoder) -> Iterator[Engine]:
+    """An engine on a fresh text-only store whose registry puts ``_StuckText`` first, with two workers."""
+    store_dir = tmp_path / "store"
+    config = Config.load(store_dir, {"models.clip": "none", "ingest.workers": 2, "models.batch_size": 8})
+    config = config.with_overrides({"store": str(store_dir)})
+    registry = Registry([_StuckText(), *default_registry().ingestors])
+    with Engine(Store(store_dir, config), config, registry, text=text_encoder) as eng:
+        yield eng
+
+
+def test_sigint_does_not_wait_for_a_worker_stuck_in_one_file(
+    tmp_path: Path, stuck_engine: Engine, scifact_texts, text_files
+) -> None:
     from retriever.catalog.models import RunRow
 
-    eng = text_store
-    eng.registry = Registry([_StuckText(), *default_registry().ingestors])
-    eng.config = eng.config.with_overrides({"ingest.workers": 2, "models.batch_size": 8})
+    eng = stuck_engine
     corpus = tmp_path / "corpus"
-    _corpus(eval_dir, corpus, 60)
+    text_files(corpus, scifact_texts(60))
     stuck = tmp_path / "stuck.txt"
     stuck.write_text("a file that takes long to decode\n")
     sent: list[float] = []
@@ -130,13 +132,13 @@ def test_sigint_does_not_wait_for_a_worker_stuck_in_one_file(tmp_path: Path, eva
     assert 0 < eng.store.catalog.counts()["sources"] < 60
 
 
-def test_sigint_stops_the_cli_ingest_promptly_and_the_store_stays_consistent(tmp_path: Path, eval_dir: Path) -> None:
+def test_sigint_stops_the_cli_ingest_promptly_and_the_store_stays_consistent(
+    tmp_path: Path, scifact_texts, text_files
+) -> None:
     from retriever.catalog.models import RunRow
-    from retriever.config import Config
-    from retriever.store import Store
     from retriever.maintenance.verify import verify
 
-    files = _corpus(eval_dir, tmp_path / "corpus", 200)
+    files = text_files(tmp_path / "corpus", scifact_texts(200))
     store_dir = tmp_path / "store"
     proc = _start(store_dir, tmp_path / "corpus")
     lines: list[str] = []

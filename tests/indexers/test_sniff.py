@@ -10,7 +10,6 @@ import pytest
 from PIL import Image
 
 from indexers.sniff import EXTENSION_TYPES, HEAD_BYTES, expected_type, family, sniff, sniff_bytes
-from retriever.config import eval_data_dir
 
 
 def _pil_bytes(fmt: str, mode: str = "RGB", **save: object) -> bytes:
@@ -128,13 +127,6 @@ def test_extension_types_and_families() -> None:
     assert {family(t) for t in EXTENSION_TYPES.values()} == {"image", "pdf", "text", "audio", "video"}
 
 
-def _eval_dir() -> Path:
-    root = eval_data_dir()
-    if not root.is_dir():
-        pytest.skip(f"evaluation data not found at {root} (set MMRAG_EVAL_DATA)")
-    return root
-
-
 @pytest.mark.parametrize(
     "pattern,expected",
     [
@@ -150,39 +142,29 @@ def _eval_dir() -> Path:
         ("audio/*.txt", "text/plain"),
     ],
 )
-def test_real_files(pattern: str, expected: str) -> None:
-    files = sorted(_eval_dir().glob(pattern))
+def test_real_files(pattern: str, expected: str, eval_dir: Path) -> None:
+    files = sorted(eval_dir.glob(pattern))
     assert files, f"no {pattern} under the evaluation data"
     wrong = {f.name: sniff(f) for f in files if sniff(f) != expected}
     assert not wrong, f"expected {expected}: {wrong}"
     assert all(family(expected_type(f)) == family(expected) for f in files)
 
 
-def _encode_with_av(tmp_path: Path, name: str, fmt: str, codec: str) -> Path:
-    av = pytest.importorskip("av")
+def _tone(encode_audio, path: Path, fmt: str, codec: str) -> Path:
+    """A 0.1 s tone encoded at 48 kHz (skipped where the wheel's ffmpeg lacks the encoder or muxer)."""
     import numpy as np
 
-    path = tmp_path / name
+    samples = (np.sin(np.arange(1600) / 10.0) * 0.3).astype(np.float32)
     try:
-        with av.open(str(path), "w", format=fmt) as out:
-            stream = out.add_stream(codec, rate=48000)
-            stream.layout = "mono"
-            samples = (np.sin(np.arange(4800) / 10.0) * 0.3).astype(np.float32)[None, :]
-            frame = av.AudioFrame.from_ndarray(samples, format="flt", layout="mono")
-            frame.sample_rate = 48000
-            for packet in stream.encode(frame):
-                out.mux(packet)
-            for packet in stream.encode(None):
-                out.mux(packet)
+        return encode_audio(samples, path, fmt, codec, rate=48_000)
     except Exception as exc:  # noqa: BLE001 - the wheel's ffmpeg may lack this encoder/muxer
         pytest.skip(f"PyAV cannot write {fmt}/{codec}: {exc}")
-    return path
 
 
-def test_generated_m4a_and_ogg(tmp_path: Path) -> None:
-    m4a = _encode_with_av(tmp_path, "tone.m4a", "ipod", "aac")
+def test_generated_m4a_and_ogg(tmp_path: Path, encode_audio) -> None:
+    m4a = _tone(encode_audio, tmp_path / "tone.m4a", "ipod", "aac")
     assert sniff(m4a) == "audio/mp4"
-    ogg = _encode_with_av(tmp_path, "tone.ogg", "ogg", "libopus")
+    ogg = _tone(encode_audio, tmp_path / "tone.ogg", "ogg", "libopus")
     assert sniff(ogg) == "audio/ogg"
 
 

@@ -19,7 +19,6 @@ from indexers.base import IngestContext
 from indexers.av.keyframes import ShotDetector, change_score, dedup_keyframes
 from indexers.av.decode import SAMPLE_RATE, decode_audio, iter_video_frames, probe
 from indexers.av.video import VideoIngestor
-from retriever.config import Config, eval_data_dir
 from retriever.errors import IngestError, LimitExceeded
 from retriever.metrics import normalize_text, wer
 from retriever.types import Item, Modality
@@ -31,17 +30,6 @@ SCENES = [(200, 40, 40), (30, 60, 200), (40, 180, 60)]  # red, blue, green backg
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _video_dir() -> Path:
-    path = eval_data_dir() / "video"
-    if not (path / "video_annotations.json").is_file():
-        pytest.skip(f"evaluation video not found at {path} (set MMRAG_EVAL_DATA)")
-    return path
-
-
-def _ctx(**video: object) -> IngestContext:
-    return IngestContext(config=Config().with_overrides({f"video.{k}": v for k, v in video.items()}))
 
 
 def _scene(i: int, w: int = 160, h: int = 120) -> np.ndarray:
@@ -92,22 +80,22 @@ def _kinds(items: list[Item], kind: str) -> list[Item]:
 
 
 @pytest.fixture(scope="session")
-def annotations() -> dict:
-    return json.loads((_video_dir() / "video_annotations.json").read_text())
+def annotations(video_dir: Path) -> dict:
+    return json.loads((video_dir / "video_annotations.json").read_text())
 
 
 @pytest.fixture(scope="session")
-def bunny() -> tuple[list[Item], IngestContext]:
-    ctx = _ctx()
-    return list(VideoIngestor().ingest(_video_dir() / "big_buck_bunny_0_30.webm", ctx)), ctx
+def bunny(video_dir: Path, ingest_ctx) -> tuple[list[Item], IngestContext]:
+    ctx = ingest_ctx("video")
+    return list(VideoIngestor().ingest(video_dir / "big_buck_bunny_0_30.webm", ctx)), ctx
 
 
 @pytest.fixture(scope="session")
-def grid() -> dict[str, tuple[list[Item], IngestContext]]:
+def grid(video_dir: Path, ingest_ctx) -> dict[str, tuple[list[Item], IngestContext]]:
     out = {}
     for name in GRID:
-        ctx = _ctx()
-        out[name] = (list(VideoIngestor().ingest(_video_dir() / name, ctx)), ctx)
+        ctx = ingest_ctx("video")
+        out[name] = (list(VideoIngestor().ingest(video_dir / name, ctx)), ctx)
     return out
 
 
@@ -149,9 +137,9 @@ def test_bunny_consecutive_keyframes_differ(bunny) -> None:
         assert change_score(a, b) > 0.15
 
 
-def test_small_mp4_with_51_audio() -> None:
-    ctx = _ctx()
-    items = list(VideoIngestor().ingest(_video_dir() / "big_buck_bunny_small.mp4", ctx))
+def test_small_mp4_with_51_audio(ingest_ctx, video_dir: Path) -> None:
+    ctx = ingest_ctx("video")
+    items = list(VideoIngestor().ingest(video_dir / "big_buck_bunny_small.mp4", ctx))
     keyframes = _kinds(items, "keyframe")
     assert len(keyframes) >= 1 and not _kinds(items, "window")
     assert all(0.0 <= k.locator.t <= 5.312 for k in keyframes)
@@ -202,9 +190,11 @@ def test_grid_window_span_matches_the_word_alignment(grid) -> None:
         ("mpg", "mpeg", "mpeg1video", 25),
     ],
 )
-def test_containers_and_shot_times(tmp_path: Path, suffix: str, fmt: str, codec: str, fps: int) -> None:
+def test_containers_and_shot_times(
+    tmp_path: Path, suffix: str, fmt: str, codec: str, fps: int, ingest_ctx
+) -> None:
     path = write_video(tmp_path / f"shots.{suffix}", [0, 1, 2, 1], 1.5, fmt, codec, fps=fps)
-    ctx = _ctx()
+    ctx = ingest_ctx("video")
     items = list(VideoIngestor().ingest(path, ctx))
     times = [i.locator.t for i in items]
     assert all(i.kind == "keyframe" for i in items)
@@ -218,15 +208,13 @@ def test_containers_and_shot_times(tmp_path: Path, suffix: str, fmt: str, codec:
     assert any("no audio stream" in n for n in ctx.notes)
 
 
-def test_keyframe_carries_only_nearby_speech(tmp_path: Path) -> None:
-    audio = eval_data_dir() / "audio" / "librispeech_test-clean_4507-16021-0012.wav"
-    if not audio.is_file():
-        pytest.skip("shared audio missing")
+def test_keyframe_carries_only_nearby_speech(tmp_path: Path, audio_dir: Path, ingest_ctx) -> None:
+    audio = audio_dir / "librispeech_test-clean_4507-16021-0012.wav"
     clip = decode_audio(audio)  # "why should one halt on the way", 2.7 s
     track = np.zeros(12 * SAMPLE_RATE, np.float32)
     track[8 * SAMPLE_RATE : 8 * SAMPLE_RATE + len(clip)] = clip
     path = write_video(tmp_path / "talk.mkv", [0, 1, 2], 4.0, "matroska", "libx264", speech=track)
-    items = list(VideoIngestor().ingest(path, _ctx(context_s=2.0)))
+    items = list(VideoIngestor().ingest(path, ingest_ctx("video", context_s=2.0)))
     windows, keyframes = _kinds(items, "window"), _kinds(items, "keyframe")
     assert len(windows) == 1 and len(keyframes) == 3
     # the words are at 8.2-10.2 s; whisper's segment times are good to about half a second
@@ -238,21 +226,9 @@ def test_keyframe_carries_only_nearby_speech(tmp_path: Path) -> None:
     assert keyframes[2].locator.render().endswith("@ 00:08")
 
 
-def test_audio_only_video_gives_windows(tmp_path: Path) -> None:
-    audio = eval_data_dir() / "audio" / "jfk.flac"
-    if not audio.is_file():
-        pytest.skip("shared audio missing")
-    path = tmp_path / "speech_only.mp4"
-    samples = decode_audio(audio)
-    with av.open(str(path), "w", format="mp4") as out:
-        st = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono")
-        frame = av.AudioFrame.from_ndarray(
-            (samples * 32767).astype(np.int16)[None, :], format="s16", layout="mono"
-        )
-        frame.sample_rate = SAMPLE_RATE
-        for p in [*st.encode(frame), *st.encode(None)]:
-            out.mux(p)
-    ctx = _ctx()
+def test_audio_only_video_gives_windows(tmp_path: Path, audio_dir: Path, ingest_ctx, encode_audio) -> None:
+    path = encode_audio(decode_audio(audio_dir / "jfk.flac"), tmp_path / "speech_only.mp4", "mp4", "aac")
+    ctx = ingest_ctx("video")
     items = list(VideoIngestor().ingest(path, ctx))
     assert items and all(i.kind == "window" and i.modality is Modality.VIDEO for i in items)
     assert "fellow americans" in normalize_text(" ".join(i.text for i in items))
@@ -282,7 +258,7 @@ def test_static_shot_gap_frames_and_dedup(tmp_path: Path) -> None:
     assert len(list(dedup_keyframes(candidates, same, 0.95, 0.175, batch=2))) == 1
 
 
-def test_ingestor_uses_the_image_embedder(tmp_path: Path) -> None:
+def test_ingestor_uses_the_image_embedder(tmp_path: Path, ingest_ctx) -> None:
     path = write_video(tmp_path / "shots.mkv", [0, 1, 2], 1.5, "matroska", "libx264")
     seen: list[int] = []
 
@@ -290,45 +266,47 @@ def test_ingestor_uses_the_image_embedder(tmp_path: Path) -> None:
         seen.append(len(images))
         return np.tile(np.eye(1, 8), (len(images), 1))  # claims every frame looks alike
 
-    ctx = _ctx()
+    ctx = ingest_ctx("video")
     ctx.embed_images = embed
     items = list(VideoIngestor().ingest(path, ctx))
     assert sum(seen) == 3 and len(items) == 1
 
 
-def test_max_frames_limit_and_note(tmp_path: Path) -> None:
+def test_max_frames_limit_and_note(tmp_path: Path, ingest_ctx) -> None:
     path = write_video(tmp_path / "shots.mp4", [0, 1, 2], 1.0, "mp4", "libx264")
-    ctx = _ctx(max_frames=2)
+    ctx = ingest_ctx("video", max_frames=2)
     items = list(VideoIngestor().ingest(path, ctx))
     assert len(items) == 2 and any("max_frames" in n for n in ctx.notes)
 
 
-def test_duration_limit_deadline_and_corrupt_input(tmp_path: Path) -> None:
-    bunny = _video_dir() / "big_buck_bunny_0_30.webm"
+def test_duration_limit_deadline_and_corrupt_input(tmp_path: Path, ingest_ctx, video_dir: Path) -> None:
+    bunny = video_dir / "big_buck_bunny_0_30.webm"
     with pytest.raises(LimitExceeded, match="limit"):
-        list(VideoIngestor().ingest(bunny, _ctx(max_seconds=10.0)))
-    ctx = _ctx()
+        list(VideoIngestor().ingest(bunny, ingest_ctx("video", max_seconds=10.0)))
+    ctx = ingest_ctx("video")
     ctx.deadline = time.monotonic() - 1.0
     with pytest.raises(LimitExceeded):
         list(VideoIngestor().ingest(bunny, ctx))
     bad = tmp_path / "bad.webm"
     bad.write_bytes(b"\x1a\x45\xdf\xa3" + np.random.default_rng(3).bytes(50_000))
     with pytest.raises(IngestError, match="bad.webm"):
-        list(VideoIngestor().ingest(bad, _ctx()))
+        list(VideoIngestor().ingest(bad, ingest_ctx("video")))
 
 
-def test_truncated_webm_keeps_its_first_half_with_a_note(tmp_path: Path) -> None:
-    raw = (_video_dir() / "big_buck_bunny_0_30.webm").read_bytes()
+def test_truncated_webm_keeps_its_first_half_with_a_note(
+    tmp_path: Path, ingest_ctx, video_dir: Path
+) -> None:
+    raw = (video_dir / "big_buck_bunny_0_30.webm").read_bytes()
     path = tmp_path / "half.webm"
     path.write_bytes(raw[: len(raw) // 2])  # a WebM prefix is a valid, shorter stream
-    ctx = _ctx()
+    ctx = ingest_ctx("video")
     items = list(VideoIngestor().ingest(path, ctx))
     assert items and all(0.0 <= i.locator.t < 16.0 for i in items)
     assert any("truncated" in n for n in ctx.notes)
 
 
-def test_probe_reports_streams() -> None:
-    info = probe(_video_dir() / "grid_bbaf2n.mpg")
+def test_probe_reports_streams(video_dir: Path) -> None:
+    info = probe(video_dir / "grid_bbaf2n.mpg")
     assert info.video is not None and info.video.codec == "mpeg1video" and info.video.width == 360
     assert info.audio is not None and info.audio.codec == "mp2"
     assert info.duration == pytest.approx(2.98, abs=0.05)
@@ -337,14 +315,15 @@ def test_probe_reports_streams() -> None:
 # ---------------------------------------------------------------------------- engine
 
 
-def test_search_for_a_spoken_phrase_finds_its_clip_window(tmp_path: Path) -> None:
-    engine = pytest.importorskip("pipelines.engine")
+def test_search_for_a_spoken_phrase_finds_its_clip_window(
+    tmp_path: Path, video_dir: Path, open_engine, transcriber
+) -> None:
     corpus = tmp_path / "videos"
     corpus.mkdir()
     names = ["grid_id2_vcd_swwp2s.mpg", "grid_swiz3n.mpg", "grid_sbwe5n.mpg", "grid_pwij3p.mpg"]
     for name in names:
-        (corpus / name).write_bytes((_video_dir() / name).read_bytes())
-    with engine.Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as eng:
+        (corpus / name).write_bytes((video_dir / name).read_bytes())
+    with open_engine(tmp_path / "store", transcriber=transcriber) as eng:
         report = eng.ingest([corpus])
         assert report.added == len(names) and not report.failed
         hits = eng.search(text="set white with p two soon", k=10)

@@ -14,7 +14,14 @@ import pytest
 from pipelines.cli.commands import format_hits, printable
 from pipelines.engine import Engine
 from retriever.config import Config
-from retriever.errors import ArgumentError, InputNotFound, MmragError, QueryError, StoreError, StoreLockedError
+from retriever.errors import (
+    ArgumentError,
+    InputNotFound,
+    MmragError,
+    QueryError,
+    StoreError,
+    StoreLockedError,
+)
 
 
 @pytest.fixture()
@@ -110,8 +117,8 @@ def test_engine_open_checks_its_arguments(tmp_path: Path, monkeypatch: pytest.Mo
     assert not (tmp_path / "missing").exists() and not (tmp_path / "s").exists()
 
 
-def test_use_after_close_raises(tmp_path: Path, docs: Path) -> None:
-    eng = Engine.open(tmp_path / "store", overrides={"models.clip": "none"})
+def test_use_after_close_raises(tmp_path: Path, docs: Path, text_encoder) -> None:
+    eng = Engine.open(tmp_path / "store", overrides={"models.clip": "none"}, text=text_encoder)
     eng.ingest([docs])
     eng.close()
     for call in (lambda: eng.search(text="nuts"), lambda: eng.ingest([docs]), eng.stats, lambda: eng.ask("nuts?"),
@@ -120,43 +127,47 @@ def test_use_after_close_raises(tmp_path: Path, docs: Path) -> None:
             call()
 
 
-def test_second_engine_in_one_process_is_told_who_holds_the_lock(tmp_path: Path, docs: Path) -> None:
-    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as first:
+def test_second_engine_in_one_process_is_told_who_holds_the_lock(tmp_path: Path, docs: Path, text_encoder) -> None:
+    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}, text=text_encoder) as first:
         first.ingest([docs])
-        with Engine.open(tmp_path / "store") as second, first.store.write_lock():
-            with pytest.raises(StoreLockedError, match=f"same process \\(pid {os.getpid()}\\)"):
-                second.remove([docs / "nuts.md"])
+        with (Engine.open(tmp_path / "store", text=text_encoder) as second, first.store.write_lock(),
+              pytest.raises(StoreLockedError, match=f"same process \\(pid {os.getpid()}\\)")):
+            second.remove([docs / "nuts.md"])
 
 
-def test_store_remembers_its_models_for_reading(tmp_path: Path, docs: Path, tiny_clip_spec: str) -> None:
+def test_store_remembers_its_models_for_reading(
+    tmp_path: Path, docs: Path, tiny_clip_spec: str, tiny_clip_encoder, text_encoder
+) -> None:
     store = tmp_path / "store"
-    with Engine.open(store, overrides={"models.clip": tiny_clip_spec, "models.clip_texts": False}) as eng:
+    overrides = {"models.clip": tiny_clip_spec, "models.clip_texts": False}
+    with Engine.open(store, overrides=overrides, clip=tiny_clip_encoder, text=text_encoder) as eng:
         eng.ingest([docs])
         before = [(h.item_id, round(h.score, 6)) for h in eng.search(text="filter coffee temperature", k=3)]
-    with Engine.open(store) as eng:  # no model settings: the store's own
+    with Engine.open(store, text=text_encoder) as eng:  # no CLIP settings: the store's own, loaded from them
         assert eng.config.models.clip_texts is False
         assert eng.config.models.clip == eng.store.recorded_models()["models.clip"]
         assert set(eng.stats()["spaces"]) == {"clip", "text"}
         assert [(h.item_id, round(h.score, 6)) for h in eng.search(text="filter coffee temperature", k=3)] == before
         eng.ingest([docs])  # writing with the recorded models is fine
     proc = subprocess.run([sys.executable, "-m", "pipelines.cli", "stats", "--json", "--store", str(store)],
-                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL, check=False,
                           env={k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")})
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["items"] >= 2
 
 
 def test_a_first_ingest_whose_clip_never_loaded_does_not_pin_the_store(
-    tmp_path: Path, docs: Path, tiny_clip_spec: str
+    tmp_path: Path, docs: Path, tiny_clip_spec: str, tiny_clip_encoder, text_encoder
 ) -> None:
     store = tmp_path / "store"
     bad = f"ViT-B-32@{tmp_path / 'missing-weights.safetensors'}"
     (tmp_path / "missing-weights.safetensors").write_bytes(b"not weights")
-    with Engine.open(store, overrides={"models.clip": bad}) as eng, pytest.raises(MmragError):
+    with Engine.open(store, overrides={"models.clip": bad}, text=text_encoder) as eng, pytest.raises(MmragError):
         eng.ingest([docs])
-    with Engine.open(store, overrides={"models.clip": tiny_clip_spec}) as eng:  # used to be StoreMismatchError
+    with Engine.open(store, overrides={"models.clip": tiny_clip_spec},  # used to be StoreMismatchError
+                     clip=tiny_clip_encoder, text=text_encoder) as eng:
         assert eng.ingest([docs]).added == 2
-    with Engine.open(store) as eng:
+    with Engine.open(store, clip=tiny_clip_encoder, text=text_encoder) as eng:
         assert eng.search(text="self-locking nuts", k=1)[0].source_name == "nuts.md"
 
 
@@ -179,7 +190,7 @@ def test_human_output_escapes_control_characters(text_store: Engine, docs: Path)
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("MMRAG_")}, "MMRAG_CLIP_MODEL": "none"}
     return subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
-                          timeout=300, env=env, cwd=cwd, stdin=subprocess.DEVNULL)
+                          timeout=300, env=env, cwd=cwd, stdin=subprocess.DEVNULL, check=False)
 
 
 def test_cli_reading_commands_never_create_a_store(tmp_path: Path) -> None:

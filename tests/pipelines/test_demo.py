@@ -3,7 +3,6 @@ image queries that show the images first."""
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
@@ -79,19 +78,15 @@ def test_demo_trains_the_clip_with_progress_then_uses_the_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A short training run (40 steps instead of 1,500) through the demo's own path."""
-    from pipelines import synthetic
-
-    short = functools.partial(synthetic.ensure_tiny_clip, steps=40)
-    monkeypatch.setattr(synthetic, "ensure_tiny_clip", short)
     monkeypatch.setenv("MMRAG_PROGRESS_SECONDS", "0")
     monkeypatch.delenv("MMRAG_CLIP_MODEL", raising=False)
-    spec, how = demo._clip_spec({}, tmp_path)
+    spec, how = demo.clip_spec({}, tmp_path, steps=40)
     err = capsys.readouterr().err
     assert how == "trained" and spec.endswith("tiny-clip.safetensors")
     assert "training a tiny demo CLIP" in err and "step 40/40" in err and "trained in" in err
     assert "using the tiny demo CLIP cached" not in err
 
-    again, how = demo._clip_spec({}, tmp_path)
+    again, how = demo.clip_spec({}, tmp_path, steps=40)
     err = capsys.readouterr().err
     assert (again, how) == (spec, "cached")
     assert "using the tiny demo CLIP cached in" in err and "training" not in err
@@ -99,8 +94,8 @@ def test_demo_trains_the_clip_with_progress_then_uses_the_cache(
 
 def test_configured_clip_is_used_as_given(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("MMRAG_CLIP_MODEL", "none")
-    assert demo._clip_spec({}, tmp_path) == ("none", "configured")
-    assert demo._clip_spec({"models.clip": "ViT-B-32@/w.pt"}, tmp_path) == ("ViT-B-32@/w.pt", "configured")
+    assert demo.clip_spec({}, tmp_path) == ("none", "configured")
+    assert demo.clip_spec({"models.clip": "ViT-B-32@/w.pt"}, tmp_path) == ("ViT-B-32@/w.pt", "configured")
     assert not (tmp_path / "tiny-clip").exists()
 
 

@@ -103,10 +103,11 @@ COLOURS = ("red", "green", "blue", "yellow", "purple")
 
 
 @pytest.fixture()
-def mixed_store(tiny_clip_spec: str, shapes: list, tmp_path: Path):
+def mixed_store(tiny_clip_spec: str, tiny_clip_encoder, text_encoder, shapes: list, tmp_path: Path):
     """30 shape images beside 600 one-sentence text chunks that talk about the same shapes."""
     eng = Engine.open(tmp_path / "mixed", overrides={"models.clip": tiny_clip_spec, "ingest.chunk_chars": 100,
-                                                     "ingest.chunk_overlap": 0})
+                                                     "ingest.chunk_overlap": 0},
+                      clip=tiny_clip_encoder, text=text_encoder)
     notes = tmp_path / "notes"
     notes.mkdir()
     for f in range(20):
@@ -137,7 +138,9 @@ def test_text_chunks_do_not_hide_images_from_the_clip_run(mixed_store: Engine, s
     assert {h.modality.value for h in hits} == {"image", "text"}
 
 
-def test_fused_list_brings_images_in_beside_text(mixed_store: Engine, shapes: list) -> None:
+def test_fused_list_brings_images_in_beside_text(
+    mixed_store: Engine, shapes: list, tiny_clip_encoder, text_encoder
+) -> None:
     """One list across modalities: a shape query gets the images and the chunks that talk about it."""
     right = 0
     for _, sample in shapes[:10]:
@@ -148,12 +151,14 @@ def test_fused_list_brings_images_in_beside_text(mixed_store: Engine, shapes: li
         right += (shown.colour, shown.shape) == (sample.colour, sample.shape)
     assert right >= 6
     # plain RRF (balance 0) buries them under the chunks two runs agree on
-    mixed_store.config = mixed_store.config.with_overrides({"search.modality_balance": 0.0})
-    plain = [[h.modality.value for h in mixed_store.search(text=s.label, k=10)] for _, s in shapes[:10]]
+    overrides = {"models.clip": mixed_store.config.models.clip, "search.modality_balance": 0.0}
+    with Engine.open(mixed_store.root, overrides=overrides, clip=tiny_clip_encoder, text=text_encoder) as plain_rrf:
+        plain = [[h.modality.value for h in plain_rrf.search(text=s.label, k=10)] for _, s in shapes[:10]]
     assert sum("image" in kinds for kinds in plain) <= 2
 
 
-def test_version_1_store_is_upgraded_in_place(mixed_store: Engine, shapes: list) -> None:
+def test_version_1_store_is_upgraded_in_place(mixed_store: Engine, shapes: list, tiny_clip_encoder,
+                                               text_encoder) -> None:
     """A version-1 store (text items' CLIP vectors in 'clip') opens upgraded, nothing re-encoded."""
     import json
 
@@ -172,7 +177,8 @@ def test_version_1_store_is_upgraded_in_place(mixed_store: Engine, shapes: list)
     del manifest["spaces"]["clip_texts"]
     (root / "manifest.json").write_text(json.dumps(manifest))
     (root / "indexes" / "clip_texts.json").unlink()
-    eng = Engine.open(root, overrides={"models.clip": mixed_store.config.models.clip})
+    eng = Engine.open(root, overrides={"models.clip": mixed_store.config.models.clip},
+                      clip=tiny_clip_encoder, text=text_encoder)
     try:
         assert json.loads((root / "manifest.json").read_text())["format_version"] == 2
         assert eng.stats()["spaces"] == counts
@@ -182,7 +188,9 @@ def test_version_1_store_is_upgraded_in_place(mixed_store: Engine, shapes: list)
         eng.close()
 
 
-def test_store_without_clip_text_vectors(tiny_clip_spec: str, shapes: list, tmp_path: Path) -> None:
+def test_store_without_clip_text_vectors(
+    tiny_clip_spec: str, tiny_clip_encoder, text_encoder, shapes: list, tmp_path: Path
+) -> None:
     """models.clip_texts=false: text items get no CLIP vectors; text->image still works; the setting is fixed."""
     from retriever.errors import StoreMismatchError
 
@@ -190,7 +198,8 @@ def test_store_without_clip_text_vectors(tiny_clip_spec: str, shapes: list, tmp_
     notes.mkdir()
     (notes / "a.txt").write_text("A red circle was drawn on the first page.\n\nA blue star on the second.\n")
     overrides = {"models.clip": tiny_clip_spec, "models.clip_texts": False}
-    with Engine.open(tmp_path / "s", overrides=overrides) as eng:
+    models = {"clip": tiny_clip_encoder, "text": text_encoder}
+    with Engine.open(tmp_path / "s", overrides=overrides, **models) as eng:
         eng.ingest([shapes[0][0].parent, notes])
         spaces = eng.stats()["spaces"]
         assert "clip_texts" not in spaces and spaces["clip"]["vectors"] == len(shapes)
@@ -199,7 +208,7 @@ def test_store_without_clip_text_vectors(tiny_clip_spec: str, shapes: list, tmp_
         with Image.open(shapes[0][0]) as img:
             assert {h.modality.value for h in eng.search(image=img.copy(), k=40)} == {"image"}
         assert eng.verify().clean
-    with Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec}) as eng:  # the store's own setting
+    with Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec}, **models) as eng:  # the store's own setting
         assert eng.config.models.clip_texts is False and eng.search(text="a red circle")
     with pytest.raises(StoreMismatchError, match=r"clip_texts.*models.clip_texts was false"):
-        Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec, "models.clip_texts": True})
+        Engine.open(tmp_path / "s", overrides={"models.clip": tiny_clip_spec, "models.clip_texts": True}, **models)

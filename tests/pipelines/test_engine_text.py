@@ -93,17 +93,17 @@ def test_remove_and_prune_delete_everywhere(text_store: Engine, corpus: Path) ->
     assert names <= {"word_processors.md", "crazy_ones.txt", "aviation_nuts.md"}
 
 
-def test_reopen_gives_identical_results(tmp_path: Path, corpus: Path) -> None:
+def test_reopen_gives_identical_results(tmp_path: Path, corpus: Path, text_encoder) -> None:
     store = tmp_path / "store"
-    with Engine.open(store, overrides={"models.clip": "none"}) as eng:
+    with Engine.open(store, overrides={"models.clip": "none"}, text=text_encoder) as eng:
         eng.ingest([corpus])
         before = [[(h.item_id, round(h.score, 9)) for h in eng.search(text=q, k=5)] for q, _, _ in QUESTIONS]
-    with Engine.open(store, overrides={"models.clip": "none"}) as eng:
+    with Engine.open(store, overrides={"models.clip": "none"}, text=text_encoder) as eng:
         after = [[(h.item_id, round(h.score, 9)) for h in eng.search(text=q, k=5)] for q, _, _ in QUESTIONS]
     assert before == after
     # the indexes are caches: delete them and the store rebuilds identical ones from the catalog
     shutil.rmtree(store / "indexes")
-    with Engine.open(store, overrides={"models.clip": "none"}) as eng:
+    with Engine.open(store, overrides={"models.clip": "none"}, text=text_encoder) as eng:
         rebuilt = [[(h.item_id, round(h.score, 9)) for h in eng.search(text=q, k=5)] for q, _, _ in QUESTIONS]
     assert rebuilt == before
 
@@ -117,11 +117,13 @@ def test_filters_and_per_space_scores(text_store: Engine, corpus: Path) -> None:
     assert hit.ranks.get("bm25") == 1 and hit.scores["bm25"] > 0 and -1 <= hit.scores["text"] <= 1
 
 
-def test_opening_with_other_models_fails(tmp_path: Path, corpus: Path, tiny_clip_spec: str) -> None:
+def test_opening_with_other_models_fails(
+    tmp_path: Path, corpus: Path, tiny_clip_spec: str, tiny_clip_encoder, text_encoder
+) -> None:
     from retriever.errors import StoreMismatchError
 
     store = tmp_path / "store"
-    with Engine.open(store, overrides={"models.clip": "none"}) as eng:
+    with Engine.open(store, overrides={"models.clip": "none"}, text=text_encoder) as eng:
         eng.ingest([corpus])
     with pytest.raises(StoreMismatchError, match="clip"):
-        Engine.open(store, overrides={"models.clip": tiny_clip_spec})
+        Engine.open(store, overrides={"models.clip": tiny_clip_spec}, clip=tiny_clip_encoder, text=text_encoder)

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.eval.harness import EvalDataError, compare_results, read_results, write_results
+from pipelines.eval.results import EvalDataError, compare_results, read_results, write_results
 from retriever.metrics import (
     dedupe_ranking,
     hit_at_k,
@@ -110,7 +110,7 @@ def test_load_beir_validates_the_folder(tmp_path: Path) -> None:
 
 
 def test_results_file_round_trip_and_compare(tmp_path: Path) -> None:
-    from pipelines.eval.harness import EvalResult
+    from pipelines.eval.results import EvalResult
 
     old = EvalResult("retrieval", {"fingerprint": "x"}, {"search": {"rrf_k": 60}}, {"text": "m1"},
                      {"fused": {"ndcg@10": 0.70}})
@@ -167,7 +167,9 @@ def _subset(eval_dir: Path, out: Path, n_queries: int, n_docs: int) -> Path:
 
 
 @pytest.fixture(scope="module")
-def scifact_small(tmp_path_factory: pytest.TempPathFactory, eval_dir: Path, tiny_clip_spec: str) -> dict:
+def scifact_small(
+    tmp_path_factory: pytest.TempPathFactory, eval_dir: Path, tiny_clip_spec: str, tiny_clip_encoder, text_encoder
+) -> dict:
     """One mixed store (230 SciFact abstracts + 30 shape images, tiny CLIP), scored through the CLI."""
     from pipelines.cli.main import main
     from pipelines.engine import Engine
@@ -182,7 +184,8 @@ def scifact_small(tmp_path_factory: pytest.TempPathFactory, eval_dir: Path, tiny
     samples = generate(30, seed=4242, size=128, balanced=True)  # every colour x shape once
     for i, sample in enumerate(samples):
         sample.image.save(shapes / f"img{i:02d}.png")
-    with Engine.open(root / "store", overrides={"models.clip": tiny_clip_spec}) as eng:
+    with Engine.open(root / "store", overrides={"models.clip": tiny_clip_spec},
+                     clip=tiny_clip_encoder, text=text_encoder) as eng:
         assert eng.ingest([shapes]).added == 30
     out = root / "results.json"
     code = main(["eval", "retrieval", str(data), "--store", str(root / "store"), "--clip-model", tiny_clip_spec,
@@ -212,10 +215,11 @@ def test_retrieval_eval_scores_each_space_and_fusion(scifact_small: dict) -> Non
     assert len([r for r in res["rows"] if "query" in r]) == 200
 
 
-def test_text_queries_for_shapes_find_the_images(scifact_small: dict) -> None:
+def test_text_queries_for_shapes_find_the_images(scifact_small: dict, tiny_clip_encoder, text_encoder) -> None:
     from pipelines.engine import Engine
 
-    with Engine.open(scifact_small["store"], overrides={"models.clip": scifact_small["clip"]}) as eng:
+    with Engine.open(scifact_small["store"], overrides={"models.clip": scifact_small["clip"]},
+                     clip=tiny_clip_encoder, text=text_encoder) as eng:
         found = sum(
             any(h.source_uri == str(path) for h in eng.search(text=sample.label, k=10))
             for path, sample in scifact_small["shapes"]
@@ -223,13 +227,14 @@ def test_text_queries_for_shapes_find_the_images(scifact_small: dict) -> None:
     assert found >= 27, f"{found}/30 shape queries found their image in the top 10 of the mixed store"
 
 
-def test_harness_fused_ranking_is_what_search_returns(scifact_small: dict) -> None:
+def test_harness_fused_ranking_is_what_search_returns(scifact_small: dict, tiny_clip_encoder, text_encoder) -> None:
     from pipelines.engine import Engine
     from pipelines.eval.retrieval import collect_candidates, load_beir
 
     ds = load_beir(scifact_small["data"])
     depth = scifact_small["results"]["settings"]["candidates_per_run"]
-    with Engine.open(scifact_small["store"], overrides={"models.clip": scifact_small["clip"]}) as eng:
+    with Engine.open(scifact_small["store"], overrides={"models.clip": scifact_small["clip"]},
+                     clip=tiny_clip_encoder, text=text_encoder) as eng:
         queries = dict(list(ds.queries.items())[:5])
         cands = collect_candidates(eng, queries, depth)
         fuse = eng.retriever().fuse
@@ -258,12 +263,12 @@ def test_second_run_reuses_the_store_and_compares(scifact_small: dict, tmp_path:
 
 
 @pytest.mark.slow
-def test_full_scifact_subset_fusion_beats_every_single_space(tmp_path: Path, eval_dir: Path) -> None:
+def test_full_scifact_subset_fusion_beats_every_single_space(tmp_path: Path, eval_dir: Path, text_encoder) -> None:
     from pipelines.engine import Engine
     from pipelines.eval.retrieval import evaluate_retrieval, load_beir
 
     ds = load_beir(eval_dir / SCIFACT)
-    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as eng:
+    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}, text=text_encoder) as eng:
         m = evaluate_retrieval(eng, ds, tmp_path / "corpus").metrics
     assert len(ds.queries) == 300
     assert m["fused"]["ndcg@10"] >= max(m["bm25"]["ndcg@10"], m["text"]["ndcg@10"]), m

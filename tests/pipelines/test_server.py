@@ -54,8 +54,9 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 @pytest.fixture(scope="module")
-def engine(corpus: dict, tiny_clip_spec: str):
-    eng = Engine.open(corpus["store"], overrides={"models.clip": tiny_clip_spec})
+def engine(corpus: dict, tiny_clip_spec: str, tiny_clip_encoder, text_encoder):
+    eng = Engine.open(corpus["store"], overrides={"models.clip": tiny_clip_spec},
+                      clip=tiny_clip_encoder, text=text_encoder)
     report = eng.ingest([corpus["docs"]])
     assert report.failed == [] and report.added == 10, report.to_dict()
     yield eng
@@ -398,7 +399,7 @@ def test_mmrag_serve_on_a_busy_port_exits_2_before_opening_the_store(tmp_path: P
         proc = subprocess.run(
             [sys.executable, "-m", "pipelines.cli", "serve", "--store", str(tmp_path / "store"), "--port", str(port),
              "--allow-ingest", str(tmp_path / "inbox")],
-            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=REPO, timeout=120,
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, cwd=REPO, timeout=120, check=False,
         )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"port {port} is in use" in proc.stderr and "--port" in proc.stderr

@@ -29,9 +29,9 @@ def place(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def engine(place: dict[str, Path]):
+def engine(place: dict[str, Path], text_encoder):
     overrides = {"models.clip": "none", "ingest.follow_symlinks": "true"}
-    eng = Engine.open(place["root"] / "store", overrides=overrides)
+    eng = Engine.open(place["root"] / "store", overrides=overrides, text=text_encoder)
     yield eng
     eng.close()
 

@@ -19,11 +19,11 @@ DATA = Path(__file__).resolve().parents[2] / "data"
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory):
+def engine(tmp_path_factory: pytest.TempPathFactory, text_encoder):
     docs = tmp_path_factory.mktemp("limits") / "docs"
     docs.mkdir()
     shutil.copy(DATA / "notes" / "bicycle_maintenance.md", docs / "bicycle_maintenance.md")
-    eng = Engine.open(docs.parent / "store", overrides={"models.clip": "none"})
+    eng = Engine.open(docs.parent / "store", overrides={"models.clip": "none"}, text=text_encoder)
     assert eng.ingest([docs]).added == 1
     yield eng
     eng.close()

@@ -30,13 +30,14 @@ ACCEPTED = ["2xx", "3xx", "401", "403", "404", "409", "410", "429", "5xx"]
 
 
 @pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory, tiny_clip_spec: str):
+def engine(tmp_path_factory: pytest.TempPathFactory, tiny_clip_spec: str, tiny_clip_encoder, text_encoder):
     docs = tmp_path_factory.mktemp("schema") / "docs"
     docs.mkdir()
     shutil.copy(DATA / "notes" / "bicycle_maintenance.md", docs / "bicycle_maintenance.md")
     for sample in generate(10, seed=7, size=96, balanced=True)[::5]:
         sample.image.save(docs / f"{sample.colour}_{sample.shape}.png")
-    eng = Engine.open(docs.parent / "store", overrides={"models.clip": tiny_clip_spec})
+    eng = Engine.open(docs.parent / "store", overrides={"models.clip": tiny_clip_spec},
+                      clip=tiny_clip_encoder, text=text_encoder)
     report = eng.ingest([docs])
     assert report.failed == [] and report.added == 3, report.to_dict()
     yield eng

@@ -18,15 +18,15 @@ import pytest
 from PIL import Image, ImageEnhance, ImageFilter
 
 from pipelines import synthetic as syn
-from retriever.config import ModelsConfig
 from retriever.encoders import ClipEncoder, parse_clip_spec
 
 HELD_OUT_SEEDS = (101, 202, 303)
 
 
 @pytest.fixture(scope="module")
-def enc(tiny_clip_spec: str) -> ClipEncoder:
-    return ClipEncoder(tiny_clip_spec, ModelsConfig())
+def enc(tiny_clip_encoder: ClipEncoder) -> ClipEncoder:
+    """The session's tiny CLIP, loaded through ``ClipEncoder`` from its spec."""
+    return tiny_clip_encoder
 
 
 def test_spec_loads_through_clip_encoder(tiny_clip_spec: str, enc: ClipEncoder) -> None:
@@ -47,7 +47,7 @@ def test_weights_carry_training_fingerprint_and_demo_label(tiny_clip_spec: str) 
     weights = parse_clip_spec(tiny_clip_spec).weights
     with safe_open(str(weights), framework="pt") as fh:
         meta = fh.metadata()
-    assert meta["mmrag_fingerprint"] == syn._fingerprint(1500, 0)
+    assert meta["mmrag_fingerprint"] == syn._fingerprint(syn.TINY_CLIP_STEPS, 0)
     assert "synthetic" in meta["mmrag_label"]
 
 
@@ -62,7 +62,7 @@ def test_cache_is_reused(tiny_clip_spec: str) -> None:
 def test_cache_check_rejects_stale_or_corrupt_files(tmp_path: Path, tiny_clip_spec: str) -> None:
     spec = parse_clip_spec(tiny_clip_spec)
     assert spec.config is not None and spec.weights is not None
-    fingerprint = syn._fingerprint(1500, 0)
+    fingerprint = syn._fingerprint(syn.TINY_CLIP_STEPS, 0)
     assert syn._cache_valid(spec.config, spec.weights, fingerprint)
     assert not syn._cache_valid(spec.config, spec.weights, syn._fingerprint(1500, 1))
     assert not syn._cache_valid(tmp_path / "missing.json", spec.weights, fingerprint)

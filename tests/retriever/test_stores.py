@@ -12,8 +12,8 @@ from retriever.catalog import Catalog, NewItem, SourceInfo
 from retriever.config import IndexConfig
 from retriever.errors import ConfigError, StoreError
 from retriever.index.bm25 import Bm25Index, tokenize
+from retriever.index.faiss_index import FaissIndex, choose_kind
 from retriever.index.spaces import DenseSpace
-from retriever.index.faiss_index import FaissStore, choose_kind
 
 
 def _unit(n: int, d: int = 32, seed: int = 0) -> np.ndarray:
@@ -26,7 +26,7 @@ def test_add_search_remove_save_load(tmp_path: Path, kind: str) -> None:
     cfg = IndexConfig(kind=kind, hnsw_ef_search=128, ivf_nprobe=64)
     vecs = _unit(3000)
     ids = np.arange(100, 3100, dtype=np.int64)
-    store = FaissStore(32, cfg, n_hint=3000)
+    store = FaissIndex(32, cfg, n_hint=3000)
     store.add(ids, vecs)
     assert len(store) == 3000
     _, got = store.search(vecs[:20], 1)
@@ -37,7 +37,7 @@ def test_add_search_remove_save_load(tmp_path: Path, kind: str) -> None:
     assert not set(got.ravel().tolist()) & set(ids[:10].tolist())
     assert len(store) == 2990
     store.save(tmp_path, "clip", seq=42)
-    loaded, seq = FaissStore.load(tmp_path, "clip", cfg)
+    loaded, seq = FaissIndex.load(tmp_path, "clip", cfg)
     assert seq == 42 and len(loaded) == 2990
     _, again = loaded.search(vecs[10:20], 1)
     _, before = store.search(vecs[10:20], 1)
@@ -52,18 +52,18 @@ def test_auto_kind_by_size() -> None:
 
 
 def test_wrong_dimension_is_a_clear_error() -> None:
-    store = FaissStore(32, IndexConfig())
+    store = FaissIndex(32, IndexConfig())
     with pytest.raises(StoreError, match="32-d"):
         store.add(np.arange(2), _unit(2, d=16))
 
 
 def test_corrupt_index_file_is_reported(tmp_path: Path) -> None:
-    store = FaissStore(32, IndexConfig())
+    store = FaissIndex(32, IndexConfig())
     store.add(np.arange(5), _unit(5))
     store.save(tmp_path, "text", 3)
     (tmp_path / "text-3.faiss").write_bytes(b"garbage")
     with pytest.raises(StoreError, match="repair"):
-        FaissStore.load(tmp_path, "text", IndexConfig())
+        FaissIndex.load(tmp_path, "text", IndexConfig())
 
 
 def test_bm25_ranks_and_tokenizes() -> None:
@@ -131,7 +131,7 @@ def test_fp16_storage_is_lossless_for_catalog_vectors(kind: str) -> None:
     ids = np.arange(4000, dtype=np.int64)
     got = {}
     for storage in ("fp32", "fp16"):
-        store = FaissStore(32, IndexConfig(kind=kind, storage=storage, hnsw_ef_search=64, ivf_nprobe=8), n_hint=400)
+        store = FaissIndex(32, IndexConfig(kind=kind, storage=storage, hnsw_ef_search=64, ivf_nprobe=8), n_hint=400)
         store.add(ids, vecs)
         got[storage] = store.search(vecs[:50], 10)
         assert store.kind == kind
@@ -144,7 +144,7 @@ def test_storage_shrinks_the_index_and_reports_its_knobs() -> None:
     sizes = {}
     for storage in ("fp32", "fp16", "sq8"):
         for kind in ("flat", "hnsw"):
-            store = FaissStore(64, IndexConfig(kind=kind, storage=storage, hnsw_ef_search=40))
+            store = FaissIndex(64, IndexConfig(kind=kind, storage=storage, hnsw_ef_search=40))
             store.add(ids, vecs)
             sizes[kind, storage] = store.nbytes()
             assert store.search_params() == ({"ef_search": 40} if kind == "hnsw" else {})
@@ -153,7 +153,7 @@ def test_storage_shrinks_the_index_and_reports_its_knobs() -> None:
     # flat indexes are the vectors: 4, 2 and 1 byte(s) per component
     assert sizes["flat", "fp32"] > 1.9 * sizes["flat", "fp16"] and sizes["flat", "fp16"] > 1.8 * sizes["flat", "sq8"]
     assert sizes["hnsw", "fp32"] > sizes["hnsw", "fp16"] > sizes["hnsw", "sq8"]
-    ivf = FaissStore(64, IndexConfig(kind="ivf", ivf_nprobe=7), n_hint=100_000)
+    ivf = FaissIndex(64, IndexConfig(kind="ivf", ivf_nprobe=7), n_hint=100_000)
     assert ivf.search_params() == {"nprobe": 7}
     ivf.set_search_params(nprobe=3)
     assert ivf.search_params() == {"nprobe": 3}
@@ -161,13 +161,13 @@ def test_storage_shrinks_the_index_and_reports_its_knobs() -> None:
 
 def test_unknown_storage_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="storage 'int3'"):
-        FaissStore(32, IndexConfig(storage="int3"))
+        FaissIndex(32, IndexConfig(storage="int3"))
 
 
 def test_untrained_ivf_falls_back_to_exact_search() -> None:
     # 600 vectors cannot train the lists an IVF sized for 1M needs: searches stay exact
     vecs, ids = _unit(600, seed=7), np.arange(600, dtype=np.int64)
-    store = FaissStore(32, IndexConfig(kind="ivf", storage="sq8"), n_hint=1_000_000)
+    store = FaissIndex(32, IndexConfig(kind="ivf", storage="sq8"), n_hint=1_000_000)
     store.add(ids, vecs)
     _, top = store.search(vecs[:30], 1)
     assert store.kind == "flat" and (top[:, 0] == ids[:30]).all()

@@ -1,6 +1,6 @@
-"""One ingest run for the crash test, with SIGKILL injected at a named point.
+"""One ingest run for the crash torture, with SIGKILL injected at a named point.
 
-    python bench/_ingest_worker.py STORE PATH... [--set KEY=VALUE]... [--kill POINT:N] [--log FILE]
+    python -m pipelines.testing.ingest_worker STORE PATH... [--set KEY=VALUE]... [--kill POINT:N] [--log FILE]
 
 Fault points (the N-th time the point is reached, the process SIGKILLs itself):
   encode        before a batch is encoded
@@ -12,9 +12,9 @@ Fault points (the N-th time the point is reached, the process SIGKILLs itself):
   truncate      before the change log is truncated
   delay         after N milliseconds, wherever the run is
 
-The hooks are installed here by wrapping functions; the engine itself carries no
-fault-injection code. ``--log`` appends ``uri<TAB>id,id,...`` for every committed
-source, so the parent can check that nothing committed is ever lost.
+The hooks are installed in this process only, by wrapping functions; the engine itself
+carries no fault-injection code. ``--log`` appends ``uri<TAB>id,id,...`` for every
+committed source, so the parent can check that nothing committed is ever lost.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import threading
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+__all__ = ["POINTS", "Trigger", "install", "main"]
 
 POINTS = ("encode", "in_commit", "committed", "save_index", "save_partial", "save_bm25", "truncate", "delay")
 
@@ -60,7 +60,6 @@ def install(trigger: Trigger, log_path: str | None) -> None:
     import indexers.ingest.pipeline as pipeline
     import retriever.index.bm25 as lexical
     import retriever.index.faiss_index as faiss_store
-    from retriever.catalog.repository import Catalog
 
     encode = pipeline.encode_items
 
@@ -70,9 +69,21 @@ def install(trigger: Trigger, log_path: str | None) -> None:
 
     pipeline.encode_items = encode_items
     log_fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log_path else None
+    _wrap_catalog(trigger, log_fd)
+    write_index, write_bm25 = faiss_store.atomic_write_bytes, lexical.atomic_write_bytes
+    faiss_store.atomic_write_bytes = _wrapped_write(write_index, trigger, "save_index", partial=True)
+    lexical.atomic_write_bytes = _wrapped_write(write_bm25, trigger, "save_bm25", partial=False)
+
+
+def _wrap_catalog(trigger: Trigger, log_fd: int | None) -> None:
+    """The commit points (and the commit log) around ``Catalog.commit_source``; the truncate point."""
+    from retriever.catalog.repository import Catalog
+
     commit = Catalog.commit_source
 
-    def commit_source(self: Catalog, info: Any, items: Any, *, write_files: Callable | None = None, **kw: Any) -> Any:
+    def commit_source(
+        self: Catalog, info: Any, items: Any, *, write_files: Callable[..., None] | None = None, **kw: Any
+    ) -> Any:
         def files(ids: Any, its: Any) -> None:
             if write_files is not None:
                 write_files(ids, its)
@@ -84,19 +95,22 @@ def install(trigger: Trigger, log_path: str | None) -> None:
         trigger.maybe_die("committed")
         return ids
 
-    Catalog.commit_source = commit_source
     truncate = Catalog.truncate_changes
 
     def truncate_changes(self: Catalog, upto: int) -> None:
         trigger.maybe_die("truncate")
         truncate(self, upto)
 
-    Catalog.truncate_changes = truncate_changes
-    faiss_store.atomic_write_bytes = _wrapped_write(faiss_store.atomic_write_bytes, trigger, "save_index", True)
-    lexical.atomic_write_bytes = _wrapped_write(lexical.atomic_write_bytes, trigger, "save_bm25", False)
+    Catalog.commit_source = commit_source  # type: ignore[method-assign]
+    Catalog.truncate_changes = truncate_changes  # type: ignore[method-assign]
 
 
-def _wrapped_write(write: Callable, trigger: Trigger, point: str, partial: bool) -> Callable:
+def _wrapped_write(
+    write: Callable[..., None], trigger: Trigger, point: str, partial: bool
+) -> Callable[..., None]:
+    """``atomic_write_bytes`` with a fault point after each write (and, with ``partial``, one halfway
+    through writing a FAISS index file)."""
+
     def atomic_write_bytes(path: Path, data: bytes) -> None:
         if partial and path.suffix == ".faiss" and trigger.hit("save_partial"):
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
@@ -110,31 +124,34 @@ def _wrapped_write(write: Callable, trigger: Trigger, point: str, partial: bool)
     return atomic_write_bytes
 
 
+def _trigger(ap: argparse.ArgumentParser, kill: str | None) -> Trigger:
+    if not kill:
+        return Trigger(None, 0)
+    point, _, count = kill.partition(":")
+    if point not in POINTS:
+        ap.error(f"unknown fault point {point!r}; expected one of {', '.join(POINTS)}")
+    return Trigger(point, int(count or 1))
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     ap.add_argument("store")
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--kill", default=None, metavar="POINT:N")
     ap.add_argument("--log", default=None)
     args = ap.parse_args(argv)
-    point, n = None, 0
-    if args.kill:
-        point, _, count = args.kill.partition(":")
-        if point not in POINTS:
-            ap.error(f"unknown fault point {point!r}; expected one of {', '.join(POINTS)}")
-        n = int(count or 1)
-    trigger = Trigger(point, n)
+    trigger = _trigger(ap, args.kill)
     install(trigger, args.log)
     from pipelines.engine import Engine
 
     overrides = dict(pair.split("=", 1) for pair in args.set)
     with Engine.open(args.store, overrides=overrides) as eng:
-        if point == "delay":  # N ms into the ingest (models load on first use, inside it)
-            threading.Timer(n / 1000.0, die).start()
+        if trigger.point == "delay":  # N ms into the ingest (models load on first use, inside it)
+            threading.Timer(trigger.n / 1000.0, die).start()
         report = eng.ingest(args.paths)
-    print(f"added={report.added} updated={report.updated} unchanged={report.unchanged} failed={len(report.failed)}",
-          flush=True)
+    print(f"added={report.added} updated={report.updated} unchanged={report.unchanged} "
+          f"failed={len(report.failed)}", flush=True)
     return 0
 
 

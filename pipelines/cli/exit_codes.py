@@ -1,0 +1,9 @@
+"""The exit codes of ``mmrag``; ``pipelines.cli.main`` says when each one is used."""
+
+OK = 0
+INCONSISTENT = 1  # verify/repair found the store inconsistent; also Python's code for an uncaught exception
+USAGE = 2
+STRICT = 3
+INTERRUPTED = 130
+
+__all__ = ["INCONSISTENT", "INTERRUPTED", "OK", "STRICT", "USAGE"]
