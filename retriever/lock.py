@@ -1,7 +1,9 @@
 """The store's cross-process write lock: one writer at a time, readers never take it.
 
 The lock file holds ``pid N`` of its holder while held, so a second writer can say who
-is writing.
+is writing. It is seen by the processes of one machine only; with a PostgreSQL catalog,
+shared by store directories on several machines, ``Store.write_lock`` also holds the
+catalog's advisory lock (``retriever.catalog.connection.CatalogBase.writer_lock``).
 """
 
 from __future__ import annotations

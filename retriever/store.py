@@ -8,7 +8,8 @@
       indexes/             clip-<seq>.faiss + clip.json, text-..., bm25-<seq>/ + bm25.json
       media/thumbs/        one JPEG thumbnail per visual item, named by item id
       media/previews/      larger renders of derived images (PDF pages, figures, keyframes)
-      write.lock           held by the one writer
+      write.lock           held by the one writer (with a PostgreSQL catalog, also the catalog's
+                           advisory lock, which writers on other machines see)
 
 Opening a store with another model for a space than it was built with fails:
 vectors of two models never mix in one index.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -322,9 +324,19 @@ class Store:
     def write_lock(self, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the store's cross-process write lock; readers never take it.
 
-        ``wait_s`` > 0 waits that long for another writer to finish; 0 fails at once.
+        ``wait_s`` > 0 waits that long (for both locks together) for another writer to finish;
+        0 fails at once. The file lock in the store directory comes first, for every catalog: it
+        keeps writers of this directory (its indexes, media, manifest) apart, names a local
+        holder by pid, and is what ``verify`` checks. A PostgreSQL catalog is shared by store
+        directories on other machines, which that file never reaches, so its advisory lock
+        (``CatalogBase.writer_lock``) is taken next; SQLite needs nothing more, its catalog
+        being a file in this directory.
         """
-        with hold_write_lock(self.lock_path, self.root, wait_s):
+        deadline = time.monotonic() + max(0.0, wait_s)
+        with (
+            hold_write_lock(self.lock_path, self.root, wait_s),
+            self.catalog.writer_lock(self.root, max(0.0, deadline - time.monotonic())),
+        ):
             yield
 
     # ---- media --------------------------------------------------------------

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from indexers.base import IngestContext
 from indexers.av.decode import AudioReader, MediaInfo, probe
 from indexers.av.transcribe import Segment, SpeechToText, Transcript, shared_transcriber
+from indexers.base import IngestContext
 from retriever.errors import LimitExceeded
 from retriever.types import Item, ItemKind, Locator, Modality
 
@@ -118,21 +118,35 @@ def check_duration(info: MediaInfo, max_seconds: float, name: str) -> None:
         raise LimitExceeded(f"{name}: {info.duration:.0f} s long, above the {max_seconds:g} s limit")
 
 
-class AudioIngestor:
+class MediaIngestor:
+    """What the audio and video ingestors share: their content types (and any ``audio/*`` or
+    ``video/*`` type), and a probe of the file that refuses one over the duration limit."""
+
+    name: str
+    modality: Modality
+    content_types: frozenset[str]
+
+    def accepts(self, path: Path, content_type: str) -> bool:
+        return content_type in self.content_types or content_type.startswith(f"{self.modality.value}/")
+
+    @staticmethod
+    def probed(path: Path, max_seconds: float) -> MediaInfo:
+        info = probe(path)
+        check_duration(info, max_seconds, path.name)
+        return info
+
+
+class AudioIngestor(MediaIngestor):
     """Speech in audio files (wav, flac, mp3, m4a/aac, ogg/opus) as timed transcript windows."""
 
     name = "audio"
     modality = Modality.AUDIO
     content_types = AUDIO_TYPES
 
-    def accepts(self, path: Path, content_type: str) -> bool:
-        return content_type in self.content_types or content_type.startswith("audio/")
-
     def ingest(self, path: Path, ctx: IngestContext) -> Iterator[Item]:
         path = Path(path)
         cfg = ctx.config.audio
-        info = probe(path)
-        check_duration(info, cfg.max_seconds, path.name)
+        self.probed(path, cfg.max_seconds)
         transcript = transcribe_source(path, ctx, cfg.max_seconds)
         yield from window_items(
             transcript, str(path.resolve()), Modality.AUDIO, cfg.window_min_s, cfg.window_max_s

@@ -12,11 +12,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexers.av.audio import check_duration, transcribe_source, window_items
-from indexers.base import IngestContext
+from indexers.av.audio import MediaIngestor, transcribe_source, window_items
+from indexers.av.decode import MediaInfo, iter_video_frames
 from indexers.av.keyframes import Keyframe, ShotDetector, dedup_keyframes
-from indexers.av.decode import MediaInfo, iter_video_frames, probe
 from indexers.av.transcribe import Transcript
+from indexers.base import IngestContext
 from retriever.errors import IngestError, LimitExceeded
 from retriever.types import Item, ItemKind, Locator, Modality
 
@@ -62,21 +62,17 @@ def _record_streams(info: MediaInfo, ctx: IngestContext) -> None:
         meta.update(audio_codec=a.codec, sample_rate=a.sample_rate, channels=a.channels)
 
 
-class VideoIngestor:
+class VideoIngestor(MediaIngestor):
     """Video files (mp4, mkv, webm, mov, mpg, avi): keyframes + transcript windows."""
 
     name = "video"
     modality = Modality.VIDEO
     content_types = VIDEO_TYPES
 
-    def accepts(self, path: Path, content_type: str) -> bool:
-        return content_type in self.content_types or content_type.startswith("video/")
-
     def ingest(self, path: Path, ctx: IngestContext) -> Iterator[Item]:
         path = Path(path)
         cfg = ctx.config.video
-        info = probe(path)
-        check_duration(info, cfg.max_seconds, path.name)
+        info = self.probed(path, cfg.max_seconds)
         if info.audio is None and info.video is None:
             kinds = ", ".join(s.kind for s in info.streams) or "none"
             raise IngestError(f"{path.name}: no audio or video stream to index (streams: {kinds})")

@@ -3,27 +3,52 @@
 ``CatalogBase`` is what the query mixins and ``Catalog`` build on. SQLite runs in WAL mode
 (readers never block the writer); a store on a read-only file system opens its SQLite file
 immutable, without the WAL's side files.
+
+On PostgreSQL the catalog also carries the single-writer rule across machines:
+``CatalogBase.writer_lock`` holds a session-level advisory lock whose key every process
+pointing at the same catalog agrees on (see ``writer_lock_key``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, delete, event, select
+from sqlalchemy import create_engine, delete, event, select, text
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from retriever.catalog.models import Base, ChangeRow, ItemRow, MetaRow, VectorRow
 from retriever.catalog.records import chunks
-from retriever.errors import StoreError
+from retriever.errors import StoreError, StoreLockedError
 
-__all__ = ["CatalogBase"]
+__all__ = ["CatalogBase", "writer_lock_key"]
+
+_WRITER_LOCK_NAMESPACE = "mmrag.catalog.writer"
+_WRITER_APP_PREFIX = "mmrag writer "
+
+
+def writer_lock_key(database: str, schema: str) -> int:
+    """The advisory-lock key of the catalog in ``database``.``schema`` (a signed 64-bit integer).
+
+    Both names come from the server (``current_database()``, ``current_schema()``), not from
+    the URL, so machines that reach one catalog by different host names, ports or users still
+    agree on the key, and two catalogs in different databases or schemas of one server do not
+    exclude each other. The store directory is not part of it: every store directory pointing
+    at one catalog shares its one writer.
+    """
+    raw = f"{_WRITER_LOCK_NAMESPACE}\x00{database}\x00{schema}".encode()
+    return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "big", signed=True)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -39,6 +64,11 @@ def _sqlite_read_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA busy_timeout=60000")
     cur.close()
+
+
+def _writer_app_name() -> str:
+    """``mmrag writer pid N on HOST``, cut to PostgreSQL's 63-byte application_name."""
+    return f"{_WRITER_APP_PREFIX}pid {os.getpid()} on {socket.gethostname()}".encode()[:63].decode(errors="ignore")
 
 
 def _read_only_fs(directory: Path) -> bool:
@@ -100,6 +130,88 @@ class CatalogBase:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # ---- the single writer across machines ----------------------------------------
+    @contextlib.contextmanager
+    def writer_lock(self, store: Path | str, wait_s: float = 0.0) -> Iterator[None]:
+        """On PostgreSQL, hold the catalog's writer lock, waiting up to ``wait_s`` seconds for it.
+
+        A session-level advisory lock (``pg_try_advisory_lock``) on a connection of its own,
+        kept open (outside any transaction) for as long as the write runs; leaving unlocks it
+        and closes that connection, and a writer that dies loses it with its session. The
+        connection's ``application_name`` names the holder's pid and host, which is what a
+        second writer's StoreLockedError reports. Other databases (SQLite: the catalog lives in
+        the store directory, whose file lock covers it) take nothing here.
+        """
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        deadline = time.monotonic() + max(0.0, wait_s)
+        lock_engine = create_engine(
+            self.engine.url, poolclass=NullPool, isolation_level="AUTOCOMMIT",
+            connect_args={"application_name": _writer_app_name()},
+        )
+        try:
+            try:
+                conn = lock_engine.connect()
+            except SQLAlchemyError as exc:
+                cause = getattr(exc, "orig", None) or exc
+                raise StoreError(f"cannot take the write lock of catalog {self.safe_url}: {cause}") from exc
+            with conn:
+                key = self._acquire_writer_lock(conn, store, deadline)
+                try:
+                    yield
+                finally:
+                    with contextlib.suppress(SQLAlchemyError):
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+        finally:
+            lock_engine.dispose()
+
+    def _acquire_writer_lock(self, conn: Connection, store: Path | str, deadline: float) -> int:
+        try:
+            if (conn.dialect.server_version_info or (0,)) >= (14,):
+                conn.execute(text("SET idle_session_timeout = 0"))  # an idle holder must keep its session
+            database, schema = conn.execute(text("SELECT current_database(), current_schema()")).one()
+            key = writer_lock_key(str(database), str(schema))
+            while not conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar():
+                if time.monotonic() >= deadline:
+                    raise StoreLockedError(
+                        f"store {store}: another writer holds the write lock of catalog {self.safe_url} "
+                        f"({self._writer_lock_holder(conn, key)}); wait for it to finish "
+                        f"(or set ingest.lock_wait_s to wait)"
+                    )
+                time.sleep(0.1)
+        except SQLAlchemyError as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreError(f"cannot take the write lock of catalog {self.safe_url}: {cause}") from exc
+        return key
+
+    @staticmethod
+    def _writer_lock_holder(conn: Connection, key: int) -> str:
+        """Who holds the advisory lock ``key`` (best effort: pg_locks + pg_stat_activity)."""
+        unsigned = key & 0xFFFF_FFFF_FFFF_FFFF  # a bigint key shows as classid (high half), objid (low half)
+        try:
+            row = conn.execute(
+                text(
+                    "SELECT l.pid, a.application_name FROM pg_locks l "
+                    "LEFT JOIN pg_stat_activity a ON a.pid = l.pid "
+                    "WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 "
+                    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+                    "AND l.classid = CAST(:hi AS oid) AND l.objid = CAST(:lo AS oid) LIMIT 1"
+                ),
+                {"hi": unsigned >> 32, "lo": unsigned & 0xFFFF_FFFF},
+            ).first()
+        except SQLAlchemyError:
+            row = None
+        if row is None:
+            return "holder unknown"
+        backend, app = row
+        if app and str(app).startswith(_WRITER_APP_PREFIX):
+            who = str(app)[len(_WRITER_APP_PREFIX):]
+            if who == _writer_app_name()[len(_WRITER_APP_PREFIX):]:
+                return f"another Engine or Store in this same process (pid {os.getpid()})"
+            return who
+        return f"server backend pid {backend}"
 
     def ping(self) -> None:
         try:

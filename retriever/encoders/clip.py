@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,18 +97,14 @@ class ClipEncoder:
 
     def encode_preprocessed(self, batch: Sequence[Any]) -> np.ndarray:
         state = self._load()
-        if len(batch) == 0:
-            return np.zeros((0, state.dim), dtype=np.float32)
-        import torch
 
-        out = []
-        size = self._cfg.batch_size
-        with torch.inference_mode():
-            for start in range(0, len(batch), size):
-                x = torch.stack(list(batch[start : start + size]))
-                x = x.to(device=state.plan.device, dtype=state.plan.dtype)
-                out.append(_normalise(state.model.encode_image(x)))
-        return np.concatenate(out, axis=0)
+        def encode(chunk: Sequence[Any]) -> Any:
+            import torch
+
+            x = torch.stack(list(chunk)).to(device=state.plan.device, dtype=state.plan.dtype)
+            return state.model.encode_image(x)
+
+        return self._batched(batch, encode)
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         return self.encode_preprocessed([self.preprocess(im) for im in images])
@@ -117,16 +113,20 @@ class ClipEncoder:
         """Embed texts; the tokenizer truncates anything past the context length."""
         _check_texts(texts)
         state = self._load()
-        if len(texts) == 0:
+        return self._batched(
+            texts, lambda chunk: state.encode_text(state.tokenizer(list(chunk)).to(state.plan.device))
+        )
+
+    def _batched(self, items: Sequence[Any], encode: Callable[[Sequence[Any]], Any]) -> np.ndarray:
+        """``encode`` over ``items`` in batches of ``models.batch_size``: one unit vector per item."""
+        state = self._load()
+        if len(items) == 0:
             return np.zeros((0, state.dim), dtype=np.float32)
         import torch
 
-        out = []
         size = self._cfg.batch_size
         with torch.inference_mode():
-            for start in range(0, len(texts), size):
-                tokens = state.tokenizer(list(texts[start : start + size])).to(state.plan.device)
-                out.append(_normalise(state.encode_text(tokens)))
+            out = [_normalise(encode(items[start : start + size])) for start in range(0, len(items), size)]
         return np.concatenate(out, axis=0)
 
     def _load(self) -> _Loaded:

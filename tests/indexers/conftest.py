@@ -117,6 +117,22 @@ def open_engine(request: pytest.FixtureRequest, text_encoder: Any) -> Iterator[C
             eng.close()
 
 
+@pytest.fixture()
+def text_store(tmp_path: Path, open_engine: Callable[..., Any], scifact_texts: Callable[..., list[str]],
+               text_files: Callable[..., list[Path]]) -> Callable[..., tuple[Any, list[Path]]]:
+    """``text_store(n, seed=)``: ``n`` SciFact texts written under ``tmp_path / "c"`` and ingested
+    into a store at ``tmp_path / "s"``; the open engine and the written paths."""
+
+    def make(n: int, seed: int | None = None) -> tuple[Any, list[Path]]:
+        corpus = tmp_path / "c"
+        paths = text_files(corpus, scifact_texts(n, seed=seed))
+        eng = open_engine(tmp_path / "s")
+        eng.ingest([corpus])
+        return eng, paths
+
+    return make
+
+
 @pytest.fixture(scope="session")
 def scifact_texts(eval_dir: Path) -> Callable[..., list[str]]:
     """``scifact_texts(n, seed=None, mark="")``: ``n`` SciFact abstracts as text files hold them (the

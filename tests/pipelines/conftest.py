@@ -1,13 +1,14 @@
-"""Fixtures for the tests of pipelines/: a fake searcher that serves canned hits."""
+"""Fixtures for the tests of pipelines/: canned hits and a fake searcher that serves them."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from retriever.types import Hit
+from retriever.types import Hit, Locator, Modality
 
 
 class FakeSearcher:
@@ -34,3 +35,52 @@ class FakeSearcher:
 def fake_searcher() -> Callable[[Sequence[Hit]], FakeSearcher]:
     """``fake_searcher(hits)``: a searcher (as ``ask`` and ``MmragRetriever`` take one) over canned hits."""
     return FakeSearcher
+
+
+def build_hit(
+    item_id: int,
+    locator: Locator,
+    modality: Modality,
+    kind: str,
+    *,
+    score: float,
+    scores: Mapping[str, float],
+    ranks: Mapping[str, int],
+    text: str | None = None,
+    thumbnail: str | None = None,
+    image: str | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Hit:
+    """A hit on ``locator``'s source; the source name is the file name of its uri."""
+    return Hit(
+        item_id=item_id,
+        score=score,
+        scores=scores,
+        ranks=ranks,
+        modality=modality,
+        kind=kind,
+        source_uri=locator.uri,
+        source_name=Path(locator.uri).name,
+        locator=locator,
+        text=text,
+        thumbnail_path=thumbnail,
+        image_path=image,
+        metadata=metadata or {},
+    )
+
+
+@pytest.fixture()
+def hit_at() -> Callable[..., Hit]:
+    """``hit_at(item_id, locator, modality, kind, score=, scores=, ranks=, ...)``: one canned hit."""
+    return build_hit
+
+
+@pytest.fixture(scope="module")
+def client(engine: Any) -> Iterator[Any]:
+    """A test client of the HTTP service over the module's ``engine`` fixture."""
+    from fastapi.testclient import TestClient
+
+    from pipelines.server.app import create_app
+
+    with TestClient(create_app(engine)) as c:
+        yield c

@@ -20,56 +20,47 @@ from pipelines.langchain import MmragRetriever, format_docs, hit_to_document
 from retriever.types import Hit, Locator, Modality
 
 
-def _hits() -> list[Hit]:
+@pytest.fixture()
+def hits(hit_at) -> list[Hit]:
     return [
-        Hit(
-            item_id=7,
+        hit_at(
+            7,
+            Locator("/docs/multi_page.pdf", page=1, char_start=0, char_end=120),
+            Modality.PDF,
+            "chunk",
             score=0.033,
             scores={"text": 0.61, "bm25": 7.2},
             ranks={"text": 1, "bm25": 1},
-            modality=Modality.PDF,
-            kind="chunk",
-            source_uri="/docs/multi_page.pdf",
-            source_name="multi_page.pdf",
-            locator=Locator("/docs/multi_page.pdf", page=1, char_start=0, char_end=120),
             text="Patented in 1868 by Christopher Latham Sholes, the typewriter revolutionized communication.",
-            thumbnail_path=None,
-            image_path=None,
         ),
-        Hit(
-            item_id=9,
+        hit_at(
+            9,
+            Locator("/photos/typewriter.jpg"),
+            Modality.IMAGE,
+            "photo",
             score=0.031,
             scores={"clip_text": 0.29},
             ranks={"clip_text": 1},
-            modality=Modality.IMAGE,
-            kind="photo",
-            source_uri="/photos/typewriter.jpg",
-            source_name="typewriter.jpg",
-            locator=Locator("/photos/typewriter.jpg"),
-            text=None,
-            thumbnail_path="/store/thumbs/9.jpg",
-            image_path="/photos/typewriter.jpg",
+            thumbnail="/store/thumbs/9.jpg",
+            image="/photos/typewriter.jpg",
             metadata={"caption": "An old black typewriter on a desk"},
         ),
-        Hit(
-            item_id=12,
+        hit_at(
+            12,
+            Locator("/media/talk.mp4", t=83.0),
+            Modality.VIDEO,
+            "keyframe",
             score=0.030,
             scores={"text": 0.44},
             ranks={"text": 2},
-            modality=Modality.VIDEO,
-            kind="keyframe",
-            source_uri="/media/talk.mp4",
-            source_name="talk.mp4",
-            locator=Locator("/media/talk.mp4", t=83.0),
-            text=None,
-            thumbnail_path="/store/thumbs/12.jpg",
-            image_path="/store/frames/12.jpg",
+            thumbnail="/store/thumbs/12.jpg",
+            image="/store/frames/12.jpg",
         ),
     ]
 
 
-def test_retriever_returns_documents_with_metadata(fake_searcher):
-    searcher = fake_searcher(_hits())
+def test_retriever_returns_documents_with_metadata(fake_searcher, hits):
+    searcher = fake_searcher(hits)
     retriever = MmragRetriever(searcher=searcher, k=3, modalities=["pdf", "image"], where={"kind": "chunk"})
     docs = retriever.invoke("who patented the typewriter")
     assert searcher.calls == [
@@ -101,8 +92,8 @@ def test_retriever_returns_documents_with_metadata(fake_searcher):
         MmragRetriever(searcher=searcher, k=0)
 
 
-def test_retriever_in_an_lcel_chain_with_a_fake_chat_model(fake_searcher):
-    retriever = MmragRetriever(searcher=fake_searcher(_hits()), k=2)
+def test_retriever_in_an_lcel_chain_with_a_fake_chat_model(fake_searcher, hits):
+    retriever = MmragRetriever(searcher=fake_searcher(hits), k=2)
     prompt = ChatPromptTemplate.from_template(
         "Answer only from the evidence and cite it as [n].\n\n{context}\n\nQuestion: {question}"
     )
@@ -128,11 +119,11 @@ def test_retriever_in_an_lcel_chain_with_a_fake_chat_model(fake_searcher):
     assert seen[0].rstrip().endswith("Question: Who patented the typewriter?")
 
 
-def test_retriever_batch_and_format_docs_numbering(fake_searcher):
-    retriever = MmragRetriever(searcher=fake_searcher(_hits()), k=3)
+def test_retriever_batch_and_format_docs_numbering(fake_searcher, hits):
+    retriever = MmragRetriever(searcher=fake_searcher(hits), k=3)
     batches = retriever.batch(["typewriter", "keyframe"])
     assert [len(b) for b in batches] == [3, 3]
-    formatted = format_docs([hit_to_document(h) for h in _hits()])
+    formatted = format_docs([hit_to_document(h) for h in hits])
     assert [line for line in formatted.splitlines() if line.startswith("[")] == [
         "[1] multi_page.pdf p.1",
         "[2] typewriter.jpg",

@@ -13,11 +13,12 @@ import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from pipelines.rag.answer import ask
+from pipelines.rag.answer import Answer, ask
 from retriever.config import LlmConfig
 from retriever.errors import GenerationError
 from retriever.types import Hit, Locator, Modality
@@ -145,41 +146,34 @@ def photos(eval_dir: Path) -> list[tuple[Path, str]]:
     return picked
 
 
-def _photo_hit(item_id: int, path: Path, caption: str) -> Hit:
-    return Hit(
-        item_id=item_id,
-        score=1.0 / item_id,
-        scores={"clip_text": 0.31},
-        ranks={"clip_text": item_id},
-        modality=Modality.IMAGE,
-        kind="photo",
-        source_uri=str(path),
-        source_name=path.name,
-        locator=Locator(str(path)),
-        text=None,
-        thumbnail_path=None,
-        image_path=str(path),
-        metadata={"caption": caption},
-    )
+def _hits(photos: list[tuple[Path, str]], hit_at: Callable[..., Hit]) -> list[Hit]:
+    """The three photos, with a PDF chunk third."""
 
+    def photo(item_id: int, path: Path, caption: str) -> Hit:
+        return hit_at(
+            item_id,
+            Locator(str(path)),
+            Modality.IMAGE,
+            "photo",
+            score=1.0 / item_id,
+            scores={"clip_text": 0.31},
+            ranks={"clip_text": item_id},
+            image=str(path),
+            metadata={"caption": caption},
+        )
 
-def _hits(photos: list[tuple[Path, str]]) -> list[Hit]:
     (a, ca), (b, cb), (c, cc) = photos
-    pdf = Hit(
-        item_id=3,
+    pdf = hit_at(
+        3,
+        Locator("/docs/multi_page.pdf", page=1),
+        Modality.PDF,
+        "chunk",
         score=0.3,
         scores={"text": 0.6},
         ranks={"text": 1},
-        modality=Modality.PDF,
-        kind="chunk",
-        source_uri="/docs/multi_page.pdf",
-        source_name="multi_page.pdf",
-        locator=Locator("/docs/multi_page.pdf", page=1),
         text=TYPEWRITER,
-        thumbnail_path=None,
-        image_path=None,
     )
-    return [_photo_hit(1, a, ca), _photo_hit(2, b, cb), pdf, _photo_hit(4, c, cc)]
+    return [photo(1, a, ca), photo(2, b, cb), pdf, photo(4, c, cc)]
 
 
 QUESTION = "What do the photos show, and who patented the typewriter?"
@@ -191,22 +185,27 @@ def _config(server: ChatServer, **kw: Any) -> LlmConfig:
     )
 
 
+@pytest.fixture()
+def ask_photos(text_encoder, photos, fake_searcher, hit_at) -> Callable[..., Answer]:
+    """``ask_photos(config, llm=..., **kw)``: ``ask`` the QUESTION over the photo and PDF hits."""
+
+    def run(config: LlmConfig, llm: str = "openai:test-model", **kw: Any) -> Answer:
+        searcher = fake_searcher(_hits(photos, hit_at))
+        return ask(searcher, QUESTION, text_encoder=text_encoder, config=config, llm=llm, **kw)
+
+    return run
+
+
 def _image_parts(request: dict[str, Any]) -> list[str]:
     content = request["body"]["messages"][0]["content"]
     return [p["image_url"]["url"] for p in content if p["type"] == "image_url"]
 
 
-def test_ask_sends_images_and_checks_citations(server, text_encoder, photos, fake_searcher):
+def test_ask_sends_images_and_checks_citations(server, photos, ask_photos):
     from PIL import Image
 
     server.reply = REPLY.format(a=photos[0][1].rstrip("."), b=photos[1][1].rstrip("."))
-    answer = ask(
-        fake_searcher(_hits(photos)),
-        QUESTION,
-        text_encoder=text_encoder,
-        config=_config(server),
-        llm="openai:test-model",
-    )
+    answer = ask_photos(_config(server))
 
     assert len(server.requests) == 1
     req = server.requests[0]
@@ -246,17 +245,10 @@ def test_ask_sends_images_and_checks_citations(server, text_encoder, photos, fak
     assert API_KEY not in json.dumps(answer.to_dict())
 
 
-def test_streaming_delivers_tokens_and_usage(server, text_encoder, photos, fake_searcher):
+def test_streaming_delivers_tokens_and_usage(server, ask_photos):
     server.reply = REPLY.format(a="a plate of food", b="a bird")
     tokens: list[str] = []
-    answer = ask(
-        fake_searcher(_hits(photos)),
-        QUESTION,
-        text_encoder=text_encoder,
-        config=_config(server),
-        llm="openai:test-model",
-        on_token=tokens.append,
-    )
+    answer = ask_photos(_config(server), on_token=tokens.append)
     body = server.requests[0]["body"]
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
     assert len(tokens) > 10 and "".join(tokens) == server.reply
@@ -265,15 +257,9 @@ def test_streaming_delivers_tokens_and_usage(server, text_encoder, photos, fake_
     assert answer.usage == {"input_tokens": 812, "output_tokens": 41, "total_tokens": 853}
 
 
-def test_text_only_backend_gets_captions_instead_of_images(server, text_encoder, photos, fake_searcher):
+def test_text_only_backend_gets_captions_instead_of_images(server, photos, ask_photos):
     server.reply = "The typewriter was patented by Sholes [3]."
-    answer = ask(
-        fake_searcher(_hits(photos)),
-        QUESTION,
-        text_encoder=text_encoder,
-        config=_config(server, send_images=False),
-        llm="openai:test-model",
-    )
+    answer = ask_photos(_config(server, send_images=False))
     content = server.requests[0]["body"]["messages"][0]["content"]
     assert all(p["type"] == "text" for p in content)
     text = "".join(p["text"] for p in content)
@@ -282,36 +268,24 @@ def test_text_only_backend_gets_captions_instead_of_images(server, text_encoder,
     assert answer.citations[0].citation == "multi_page.pdf p.1" and answer.unsupported == []
 
 
-def test_unreachable_server_raises_generation_error_without_the_key(text_encoder, photos, fake_searcher):
+def test_unreachable_server_raises_generation_error_without_the_key(ask_photos):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     url = f"http://127.0.0.1:{port}/v1"
     config = LlmConfig(base_url=url, api_key=API_KEY, max_retries=0, timeout_s=5)
     with pytest.raises(GenerationError) as info:
-        ask(
-            fake_searcher(_hits(photos)),
-            QUESTION,
-            text_encoder=text_encoder,
-            config=config,
-            llm="openai:test-model",
-        )
+        ask_photos(config)
     message = str(info.value)
     assert url in message and "Connection" in message
     assert API_KEY not in message
 
 
-def test_server_error_echoing_the_key_is_redacted(server, text_encoder, photos, fake_searcher):
+def test_server_error_echoing_the_key_is_redacted(server, ask_photos):
     server.status = 500
     server.reply = f"internal failure for key {API_KEY}"
     with pytest.raises(GenerationError) as info:
-        ask(
-            fake_searcher(_hits(photos)),
-            QUESTION,
-            text_encoder=text_encoder,
-            config=_config(server),
-            llm="openai:test-model",
-        )
+        ask_photos(_config(server))
     message = str(info.value)
     assert server.base_url in message and "internal failure" in message
     assert API_KEY not in message and "***" in message
@@ -352,7 +326,7 @@ class OllamaHandler(BaseHTTPRequestHandler):
         self.wfile.write((json.dumps(final) + "\n").encode())
 
 
-def test_ollama_backend_sends_images_and_streams(text_encoder, photos, fake_searcher):
+def test_ollama_backend_sends_images_and_streams(ask_photos):
     srv = ChatServer()
     srv.RequestHandlerClass = OllamaHandler
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
@@ -361,14 +335,8 @@ def test_ollama_backend_sends_images_and_streams(text_encoder, photos, fake_sear
         srv.reply = "It shows a meal [1]. Sholes patented the typewriter [3]. Bell too [5]."
         url = f"http://127.0.0.1:{srv.server_address[1]}"
         tokens: list[str] = []
-        answer = ask(
-            fake_searcher(_hits(photos)),
-            QUESTION,
-            text_encoder=text_encoder,
-            config=LlmConfig(base_url=url, max_images=2, max_image_px=200),
-            llm="ollama:llava",
-            on_token=tokens.append,
-        )
+        config = LlmConfig(base_url=url, max_images=2, max_image_px=200)
+        answer = ask_photos(config, llm="ollama:llava", on_token=tokens.append)
     finally:
         srv.shutdown()
         srv.server_close()

@@ -65,6 +65,19 @@ def make_hit(
     )
 
 
+def photo_hit(item_id: int, path: str, clip_score: float | None = None) -> Hit:
+    """A photo hit: no text, the image is the source file itself."""
+    scores = None if clip_score is None else {"clip_text": clip_score}
+    return make_hit(
+        item_id, None, uri=path, modality=Modality.IMAGE, kind="photo", page=None, image=path, scores=scores
+    )
+
+
+def audio_hit(item_id: int, text: str, span: tuple[float, float]) -> Hit:
+    """A transcript window of /data/jfk.flac."""
+    return make_hit(item_id, text, uri="/data/jfk.flac", modality=Modality.AUDIO, kind="window", span=span)
+
+
 def fake_chat(*replies: str):
     from langchain_core.language_models.fake_chat_models import FakeMessagesListChatModel
     from langchain_core.messages import AIMessage
@@ -266,7 +279,7 @@ def test_irrelevant_hits_are_below_the_floor_and_give_not_found(text_encoder, fa
 
     hits = [
         make_hit(1, WORD_PROCESSOR),
-        make_hit(2, KENNEDY, uri="/data/jfk.flac", modality=Modality.AUDIO, kind="window", span=(0.0, 11.0)),
+        audio_hit(2, KENNEDY, (0.0, 11.0)),
     ]
     searcher = fake_searcher(hits)
     answer = ask(
@@ -283,26 +296,8 @@ def test_irrelevant_hits_are_below_the_floor_and_give_not_found(text_encoder, fa
 
 
 def test_images_count_by_clip_score(text_encoder):
-    photo = make_hit(
-        3,
-        None,
-        uri="/p/cat.jpg",
-        modality=Modality.IMAGE,
-        kind="photo",
-        page=None,
-        image="/p/cat.jpg",
-        scores={"clip_text": 0.31},
-    )
-    weak = make_hit(
-        4,
-        None,
-        uri="/p/dog.jpg",
-        modality=Modality.IMAGE,
-        kind="photo",
-        page=None,
-        image="/p/dog.jpg",
-        scores={"clip_text": 0.12},
-    )
+    photo = photo_hit(3, "/p/cat.jpg", 0.31)
+    weak = photo_hit(4, "/p/dog.jpg", 0.12)
     kept = select_relevant("a cat on a sofa", [photo, weak], text_encoder, LlmConfig())
     assert [h.item_id for h in kept] == [3]
 
@@ -336,13 +331,9 @@ def test_evidence_pack_image_budget_and_downscale(eval_dir, tmp_path):
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     hits = [make_hit(1, WORD_PROCESSOR)]
-    hits.append(
-        make_hit(
-            2, None, uri=str(broken), modality=Modality.IMAGE, kind="photo", page=None, image=str(broken)
-        )
-    )
+    hits.append(photo_hit(2, str(broken)))
     hits += [
-        make_hit(3 + i, None, uri=str(p), modality=Modality.IMAGE, kind="photo", page=None, image=str(p))
+        photo_hit(3 + i, str(p))
         for i, p in enumerate(photos)
     ]
     config = LlmConfig(max_images=2, max_image_px=160)
@@ -387,15 +378,7 @@ def test_ask_with_chat_model_checks_citations(text_encoder, fake_searcher):
     hits = [
         make_hit(11, WORD_PROCESSOR, page=1),
         make_hit(12, GOOGLE_DOCS, page=2),
-        make_hit(
-            13,
-            KENNEDY,
-            uri="/data/jfk.flac",
-            modality=Modality.AUDIO,
-            kind="window",
-            page=None,
-            span=(0.0, 11.0),
-        ),
+        audio_hit(13, KENNEDY, (0.0, 11.0)),
     ]
     reply = (
         "The typewriter was patented in 1868 by Christopher Latham Sholes [1]. "
@@ -488,16 +471,7 @@ def test_extractive_answer_cites_the_sentence_source(text_encoder, fake_searcher
     hits = [
         make_hit(21, GOOGLE_DOCS, page=2),
         make_hit(22, WORD_PROCESSOR, page=1),
-        make_hit(
-            23,
-            None,
-            uri="/p/cat.jpg",
-            modality=Modality.IMAGE,
-            kind="photo",
-            page=None,
-            image="/p/cat.jpg",
-            scores={"clip_text": 0.4},
-        ),
+        photo_hit(23, "/p/cat.jpg", 0.4),
     ]
     tokens: list[str] = []
     answer = ask(

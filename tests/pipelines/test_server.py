@@ -63,12 +63,6 @@ def engine(corpus: dict, tiny_clip_spec: str, tiny_clip_encoder, text_encoder):
     eng.close()
 
 
-@pytest.fixture(scope="module")
-def client(engine: Engine):
-    with TestClient(create_app(engine)) as c:
-        yield c
-
-
 def _path(url: str) -> str:
     """The part of an open_url a client requests (the fragment stays in the viewer)."""
     return url.split("#", 1)[0]

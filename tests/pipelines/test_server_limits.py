@@ -29,12 +29,6 @@ def engine(tmp_path_factory: pytest.TempPathFactory, text_encoder):
     eng.close()
 
 
-@pytest.fixture(scope="module")
-def client(engine: Engine):
-    with TestClient(create_app(engine)) as c:
-        yield c
-
-
 def _json_error(resp: Any, status: int, *words: str) -> dict:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json"), resp.headers
