@@ -11,6 +11,7 @@ from typing import Any
 
 from pipelines.arguments import existing_paths, modality_list
 from pipelines.cli import exit_codes
+from pipelines.cli.keys import cmd_keys, store_has_keys
 from pipelines.engine import Engine
 from retriever.errors import MmragError
 from retriever.store import Store
@@ -217,11 +218,19 @@ def cmd_serve(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -
         from pipelines.server.app import bind, run
     except ImportError as exc:
         raise MmragError(f"mmrag serve needs the server extra (pip install 'mmrag[server]'): {exc}") from None
+    from pipelines.server.app import is_loopback
+
     if not 0 <= args.port <= 65535:
         raise MmragError(f"--port expects 0..65535, got {args.port}")
+    require_keys = not (is_loopback(args.host) or args.insecure_no_auth)
+    if require_keys and not store_has_keys(args, overrides):  # checked before anything listens
+        raise MmragError(f"--host {args.host} is reachable from other machines and the store has no API key; "
+                         "create one with `mmrag keys create --name NAME --scope read`, or pass "
+                         "--insecure-no-auth to serve without authentication")
     sock = bind(args.host, args.port)  # before the store and models load: a busy port fails at once
     with sock, _engine(args, overrides, create=bool(args.allow_ingest)) as eng:
-        run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest], sock=sock)
+        run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest], sock=sock,
+            require_keys=require_keys)
     return exit_codes.OK
 
 
@@ -244,5 +253,6 @@ COMMANDS: dict[str, Command] = {
     "repair": cmd_repair,
     "eval": cmd_eval,
     "serve": cmd_serve,
+    "keys": cmd_keys,
     "demo": cmd_demo,
 }

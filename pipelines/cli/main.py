@@ -51,7 +51,8 @@ def _common(p: argparse.ArgumentParser, json_output: bool = True,
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="mmrag", description="Multimodal retrieval and RAG over images, PDFs, audio and video.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-    for add in (_add_ingest, _add_search, _add_ask, _add_remove, _add_maintenance, _add_eval, _add_serve, _add_demo):
+    for add in (_add_ingest, _add_search, _add_ask, _add_remove, _add_maintenance, _add_eval, _add_serve, _add_keys,
+                _add_demo):
         add(sub)
     return parser
 
@@ -142,7 +143,23 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--allow-ingest", action="extend", nargs="+", default=[], metavar="DIR",
                    help="allow POST /ingest of files under DIR (repeatable); ingest is off without it")
+    p.add_argument("--insecure-no-auth", action="store_true",
+                   help="serve a non-loopback --host without API keys (anyone who reaches it can read the store)")
     _common(p, json_output=False)
+
+
+def _add_keys(sub: argparse._SubParsersAction[_Parser]) -> None:
+    p = sub.add_parser("keys", help="API keys of `mmrag serve`: create, list, revoke")
+    actions = p.add_subparsers(dest="keys_action", required=True, parser_class=_Parser)
+    a = actions.add_parser("create", help="create a key and print it (once: only its hash is stored)")
+    a.add_argument("--name", required=True, help="a name for the key (unique among keys in use)")
+    a.add_argument("--scope", required=True, choices=("read", "ingest", "admin"),
+                   help="read: search, ask, items, stats; ingest: read and POST /ingest; admin: everything")
+    a = actions.add_parser("list", help="every key: name, scope, id, created, last used, revoked")
+    a = actions.add_parser("revoke", help="revoke a key by name or id; it stops working at once")
+    a.add_argument("key", metavar="NAME|ID", help="the key's name or id (as `mmrag keys list` shows)")
+    for a in actions.choices.values():
+        _common(a)
 
 
 def _add_demo(sub: argparse._SubParsersAction[_Parser]) -> None:

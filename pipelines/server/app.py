@@ -18,6 +18,7 @@ side (search, ask, stats) is safe for concurrent callers. Every request is bound
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Literal
 from fastapi import FastAPI
 
 from pipelines.engine import Engine
+from pipelines.server.auth import AccessMiddleware
 from pipelines.server.errors import ApiError, install_error_handlers
 from pipelines.server.limits import BodyLimitMiddleware, ServerLimits
 from pipelines.server.links import open_fragment
@@ -37,7 +39,7 @@ from pipelines.server.routes.search import search_router
 from pipelines.server.routes.status import status_router
 from retriever.errors import ConfigError
 
-__all__ = ["ApiError", "PortInUse", "ServerLimits", "bind", "create_app", "open_fragment", "run"]
+__all__ = ["ApiError", "PortInUse", "ServerLimits", "bind", "create_app", "is_loopback", "open_fragment", "run"]
 
 
 class PortInUse(ConfigError):
@@ -45,14 +47,20 @@ class PortInUse(ConfigError):
 
 
 def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
-               limits: ServerLimits | None = None) -> FastAPI:
-    """The HTTP API over ``engine``; ``POST /ingest`` accepts only paths under ``allow_ingest_under``."""
+               limits: ServerLimits | None = None, require_keys: bool = False) -> FastAPI:
+    """The HTTP API over ``engine``; ``POST /ingest`` accepts only paths under ``allow_ingest_under``.
+
+    API keys (``mmrag keys``) are needed once the store has one, or always with ``require_keys``
+    (then revoking the last key shuts the API instead of opening it); see ``pipelines.server.auth``.
+    """
     allowed = _allowed_dirs(allow_ingest_under)
     limits = limits or ServerLimits()
     app = FastAPI(title="mmrag", summary="Multimodal search and cited answers over one store",
                   version="0.1.0")
     app.state.engine, app.state.allow_ingest_under, app.state.limits = engine, allowed, limits
     app.add_middleware(BodyLimitMiddleware, limit_for=limits.body_limit)
+    app.add_middleware(AccessMiddleware, catalog=lambda: engine.store.catalog, limits=limits,  # runs first
+                       require_keys=require_keys)
     install_error_handlers(app)
     models = request_models(limits)
     app.include_router(status_router(engine))
@@ -74,6 +82,18 @@ def _allowed_dirs(dirs: list[Path] | None) -> list[Path]:
 
 
 # ---- serving ----------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``localhost``, 127.0.0.0/8, ``::1``); names other than
+    ``localhost`` count as reachable from elsewhere."""
+    name = host.strip().strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -99,7 +119,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
         allow_ingest_under: list[Path] | None = None, log_level: Literal["info", "warning"] = "info",
-        *, limits: ServerLimits | None = None, sock: socket.socket | None = None) -> None:
+        *, limits: ServerLimits | None = None, sock: socket.socket | None = None,
+        require_keys: bool = False) -> None:
     """Serve ``engine`` with uvicorn until interrupted (one process: the engine lives in it).
 
     ``sock`` is a socket from ``bind(host, port)``; without one the port is bound here.
@@ -109,13 +130,13 @@ def run(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
     except ImportError:
         raise ConfigError("mmrag serve needs uvicorn: pip install 'mmrag[server]'") from None
     sock = sock or bind(host, port)
-    app = create_app(engine, allow_ingest_under=allow_ingest_under, limits=limits)
+    app = create_app(engine, allow_ingest_under=allow_ingest_under, limits=limits, require_keys=require_keys)
     allowed = app.state.allow_ingest_under
     port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     print(f"mmrag: serving {engine.root} on http://{shown_host}:{port} (ingest: "
           + (", ".join(str(d) for d in allowed) if allowed else "off") + ")", file=sys.stderr, flush=True)
-    if host not in ("127.0.0.1", "localhost", "::1"):
+    if not is_loopback(host) and not (require_keys or engine.store.catalog.has_active_api_keys()):
         print(f"mmrag: warning: the API has no authentication; anyone who can reach {host}:{port} "
               "can search the store and open its source files", file=sys.stderr, flush=True)
     uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])

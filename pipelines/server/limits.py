@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-__all__ = ["BodyLimitMiddleware", "BodyTooLarge", "ServerLimits", "shown"]
+__all__ = ["ASGIApp", "BodyLimitMiddleware", "BodyTooLarge", "Receive", "Scope", "Send", "ServerLimits",
+           "send_error", "shown"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -40,6 +41,8 @@ class ServerLimits:
     max_where_chars: int = 1024  # a where key, a where string value, a source glob
     max_ingest_paths: int = 1000
     max_path_chars: int = 4096
+    requests_per_minute: int = 600  # per API key (per client address while the API has no keys)
+    max_concurrent_asks: int = 4  # answers being generated at once, over all callers
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -83,11 +86,14 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_error(send: Send, status: int, message: str, type_name: str) -> None:
+async def send_error(send: Send, status: int, message: str, type_name: str,
+                     headers: dict[str, str] | None = None) -> None:
+    """Answer with the JSON error body of the service, from ASGI middleware."""
     body = json.dumps({"error": message, "type": type_name}).encode()
+    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": [
         (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-        (b"connection", b"close"),
+        (b"connection", b"close"), *extra,
     ]})
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
@@ -106,14 +112,14 @@ class BodyLimitMiddleware:
         limit = self.limit_for(scope.get("path", ""))
         declared = _declared_length(scope)
         if declared == -1:
-            await _send_error(send, 400, "the Content-Length header is not a whole number of bytes",
+            await send_error(send, 400, "the Content-Length header is not a whole number of bytes",
                               "BadRequest")
             return
         if declared is not None and declared > limit:
             method = scope.get("method", "")
             message = (f"request body of {declared} bytes is over the limit of {limit} bytes "
                        f"for {method} {scope.get('path', '')}")
-            await _send_error(send, 413, message, "BodyTooLarge")
+            await send_error(send, 413, message, "BodyTooLarge")
             return
         await self._counted(scope, receive, send, limit)
 
@@ -140,4 +146,4 @@ class BodyLimitMiddleware:
         except BodyTooLarge as exc:  # raised where no handler turned it into a response
             if started:
                 raise
-            await _send_error(send, 413, str(exc.detail), "BodyTooLarge")
+            await send_error(send, 413, str(exc.detail), "BodyTooLarge")

@@ -26,6 +26,7 @@ from pipelines.server.limits import ServerLimits, shown
 from retriever.types import Modality
 
 __all__ = [
+    "ACCESS_STATUSES",
     "BINARY",
     "MAX_ITEM_ID",
     "MAX_MODALITY_NAMES",
@@ -73,24 +74,35 @@ class HealthBody(BaseModel):
 
 _DESCRIPTIONS = {
     400: "bad query or input (an engine error that the schema cannot express)",
-    403: "not allowed: ingest is off, or the path or file lies outside the allowed directories",
+    401: "an API key is needed (the store has keys): missing, unknown or revoked",
+    403: "not allowed: the API key's scope does not cover the endpoint, ingest is off, or the path or file "
+         "lies outside the allowed directories",
     404: "no such item, or the item has no such file",
     409: "another writer holds the store, or the store does not match its models",
     410: "the evidence is gone or changed since it was ingested or cited",
     413: "the request body is over its size limit",
     416: "the Range cannot be satisfied; Content-Range says the file's size",
     422: "malformed request: one `details` entry per problem",
+    429: "too many requests from this API key or client; Retry-After says when to try again",
     502: "the LLM backend failed",
-    503: "the store or a model is unusable",
+    503: "the store or a model is unusable, or (POST /ask) too many answers are being generated at once",
 }
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "seconds to wait", "schema": {"type": "string"}}},
+}
+ACCESS_STATUSES = (401, 403, 429)  # any route but /healthz, once the store has an API key
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route can answer with."""
+    """OpenAPI ``responses`` for the error statuses a route can answer with, and those of access
+    control (``ACCESS_STATUSES``), which every route but ``/healthz`` can answer with."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in statuses:
+    for status in sorted({*statuses, *ACCESS_STATUSES}):
         model = ValidationErrorBody if status == 422 else ErrorBody
         out[status] = {"model": model, "description": _DESCRIPTIONS[status]}
+        if status in _HEADERS:
+            out[status]["headers"] = _HEADERS[status]
     return out
 
 

@@ -4,9 +4,11 @@ The only package that speaks SQL; everything else gets the frozen records of ``r
 """
 
 from retriever.catalog.records import (
+    ApiKeyRecord,
     FailedSources,
     ItemRecord,
     ItemSummary,
+    NewApiKey,
     NewItem,
     RunRecord,
     SourceCount,
@@ -16,10 +18,12 @@ from retriever.catalog.records import (
 from retriever.catalog.repository import Catalog
 
 __all__ = [
+    "ApiKeyRecord",
     "Catalog",
     "FailedSources",
     "ItemRecord",
     "ItemSummary",
+    "NewApiKey",
     "NewItem",
     "RunRecord",
     "SourceCount",

@@ -23,7 +23,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "SourceRow", "ItemRow", "VectorRow", "ChangeRow", "RunRow", "MetaRow", "utcnow"]
+__all__ = ["ApiKeyRow", "Base", "SourceRow", "ItemRow", "VectorRow", "ChangeRow", "RunRow", "MetaRow", "utcnow"]
 
 # SQLite needs INTEGER (not BIGINT) for an autoincrement primary key.
 IdType = BigInteger().with_variant(Integer(), "sqlite")
@@ -111,3 +111,22 @@ class MetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[dict] = mapped_column(JSON)
+
+
+class ApiKeyRow(Base):
+    """An API key of the HTTP service: never the key itself, only its SHA-256 (see ``api_keys``).
+
+    ``prefix`` (the key's first characters) finds the row; ``digest`` is compared in constant time.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = {"sqlite_autoincrement": True}
+
+    id: Mapped[int] = mapped_column(IdType, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    prefix: Mapped[str] = mapped_column(String(32), unique=True)
+    digest: Mapped[str] = mapped_column(String(64))  # hex SHA-256 of the whole key
+    scope: Mapped[str] = mapped_column(String(16))  # read | ingest | admin
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

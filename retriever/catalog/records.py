@@ -8,23 +8,27 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 
 import numpy as np
 
-from retriever.catalog.models import ItemRow, SourceRow
+from retriever.catalog.models import ApiKeyRow, ItemRow, SourceRow
 from retriever.types import Locator, Modality
 
 __all__ = [
     "VECTOR_DTYPE",
+    "ApiKeyRecord",
     "FailedSources",
     "ItemRecord",
     "ItemSummary",
+    "NewApiKey",
     "NewItem",
     "RunRecord",
     "SourceCount",
     "SourceInfo",
     "SourceRecord",
+    "api_key_record",
     "chunks",
     "decode_vectors",
     "encode_vector",
@@ -198,3 +202,50 @@ def item_record(row: ItemRow, uri: str, display: str) -> ItemRecord:
         preview=row.preview,
         metadata=dict(row.meta or {}),
     )
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """An API key as the catalog holds it, without its digest: what ``mmrag keys list`` shows.
+
+    ``id`` is the key's first characters (its lookup prefix); ``scope`` is read, ingest or admin.
+    """
+
+    name: str
+    id: str
+    scope: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of ``mmrag keys list --json`` (times in ISO 8601, UTC)."""
+        def iso(t: datetime | None) -> str | None:
+            return t.isoformat() if t else None
+
+        return {"name": self.name, "id": self.id, "scope": self.scope, "created_at": iso(self.created_at),
+                "last_used_at": iso(self.last_used_at), "revoked_at": iso(self.revoked_at),
+                "revoked": self.revoked}
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    """A key just created: ``key`` is the secret itself, shown once and stored nowhere."""
+
+    record: ApiKeyRecord
+    key: str = field(repr=False)
+
+
+def _utc(t: datetime) -> datetime:
+    """SQLite hands back naive datetimes; the catalog writes UTC."""
+    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t
+
+
+def api_key_record(row: ApiKeyRow) -> ApiKeyRecord:
+    return ApiKeyRecord(name=row.name, id=row.prefix, scope=row.scope, created_at=_utc(row.created_at),
+                        last_used_at=_utc(row.last_used_at) if row.last_used_at else None,
+                        revoked_at=_utc(row.revoked_at) if row.revoked_at else None)

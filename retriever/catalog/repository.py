@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import delete, func, select
 
+from retriever.catalog.api_keys import ApiKeyQueries
 from retriever.catalog.maintenance import MaintenanceQueries
 from retriever.catalog.models import ChangeRow, ItemRow, MetaRow, RunRow, SourceRow, VectorRow, utcnow
 from retriever.catalog.records import (
@@ -35,7 +36,7 @@ from retriever.types import RunStatus, SourceStatus
 __all__ = ["Catalog", "SourceRecord", "ItemRecord", "NewItem", "SourceInfo", "encode_vector", "decode_vectors"]
 
 
-class Catalog(MaintenanceQueries):
+class Catalog(MaintenanceQueries, ApiKeyQueries):
     """Repository over the SQL catalog (SQLite by default, any SQLAlchemy URL)."""
 
     # ---- sources ------------------------------------------------------------

@@ -118,9 +118,9 @@ def open_engine(request: pytest.FixtureRequest, text_encoder: Any) -> Iterator[C
 
 
 @pytest.fixture()
-def text_store(tmp_path: Path, open_engine: Callable[..., Any], scifact_texts: Callable[..., list[str]],
+def scifact_store(tmp_path: Path, open_engine: Callable[..., Any], scifact_texts: Callable[..., list[str]],
                text_files: Callable[..., list[Path]]) -> Callable[..., tuple[Any, list[Path]]]:
-    """``text_store(n, seed=)``: ``n`` SciFact texts written under ``tmp_path / "c"`` and ingested
+    """``scifact_store(n, seed=)``: ``n`` SciFact texts written under ``tmp_path / "c"`` and ingested
     into a store at ``tmp_path / "s"``; the open engine and the written paths."""
 
     def make(n: int, seed: int | None = None) -> tuple[Any, list[Path]]:

@@ -86,10 +86,10 @@ def test_kill9_full_torture(
 
 
 def test_commit_log_check_detects_a_lost_commit(
-    tmp_path: Path, text_store
+    tmp_path: Path, scifact_store
 ) -> None:
     """The torture's checks are not vacuous: a deleted item and an orphan index id are both caught."""
-    eng, _ = text_store(4, seed=3)
+    eng, _ = scifact_store(4, seed=3)
     with eng:
         committed = {uri: sorted(ids) for uri, ids in _ids_by_source(eng.store).items()}
     victim = next(iter(committed))
@@ -204,12 +204,12 @@ def test_eight_readers_during_ingest_shared_engine(
 
 
 def test_search_retries_when_a_commit_lands_mid_search(
-    tmp_path: Path, monkeypatch, scifact_texts, text_store
+    tmp_path: Path, monkeypatch, scifact_texts, scifact_store
 ) -> None:
     """A search spans one catalog state: a commit during it (here: a removal) makes it run again."""
     from retriever.search import Retriever
 
-    eng, paths = text_store(3, seed=31)
+    eng, paths = scifact_store(3, seed=31)
     with eng:
         victim = str(paths[0])
         query = scifact_texts(3, seed=31)[0][:60]
@@ -387,9 +387,9 @@ def test_verify_finds_and_repair_fixes(
 
 
 def test_verify_counts_on_a_healthy_store(
-    tmp_path: Path, capsys, text_store
+    tmp_path: Path, capsys, scifact_store
 ) -> None:
-    eng, _ = text_store(3, seed=17)
+    eng, _ = scifact_store(3, seed=17)
     with eng:
         report = eng.verify()
     assert report.clean and report.ok
@@ -400,9 +400,9 @@ def test_verify_counts_on_a_healthy_store(
 
 # ---- 4. format version -----------------------------------------------------------------------
 def test_format_version_mismatch_fails_clearly(
-    tmp_path: Path, capsys, text_store
+    tmp_path: Path, capsys, scifact_store
 ) -> None:
-    text_store(1, seed=19)[0].close()
+    scifact_store(1, seed=19)[0].close()
     root = tmp_path / "s"
     manifest = root / "manifest.json"
     good = json.loads(manifest.read_text())
