@@ -230,7 +230,7 @@ def cmd_serve(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -
     sock = bind(args.host, args.port)  # before the store and models load: a busy port fails at once
     with sock, _engine(args, overrides, create=bool(args.allow_ingest)) as eng:
         run(eng, host=args.host, port=args.port, allow_ingest_under=[Path(d) for d in args.allow_ingest], sock=sock,
-            require_keys=require_keys)
+            require_keys=require_keys, cors_origins=args.cors_origin)
     return exit_codes.OK
 
 

@@ -143,6 +143,9 @@ def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--allow-ingest", action="extend", nargs="+", default=[], metavar="DIR",
                    help="allow POST /ingest of files under DIR (repeatable); ingest is off without it")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://intranet.example:8443, or '*') call the API "
+                        "from a browser (repeatable; off by default)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="serve a non-loopback --host without API keys (anyone who reaches it can read the store)")
     _common(p, json_output=False)

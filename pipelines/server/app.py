@@ -21,10 +21,13 @@ import errno
 import ipaddress
 import socket
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from pipelines.engine import Engine
 from pipelines.server.auth import AccessMiddleware
@@ -47,11 +50,13 @@ class PortInUse(ConfigError):
 
 
 def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
-               limits: ServerLimits | None = None, require_keys: bool = False) -> FastAPI:
+               limits: ServerLimits | None = None, require_keys: bool = False,
+               cors_origins: Sequence[str] = ()) -> FastAPI:
     """The HTTP API over ``engine``; ``POST /ingest`` accepts only paths under ``allow_ingest_under``.
 
     API keys (``mmrag keys``) are needed once the store has one, or always with ``require_keys``
     (then revoking the last key shuts the API instead of opening it); see ``pipelines.server.auth``.
+    Browsers may call it from other origins only when ``cors_origins`` names them (off by default).
     """
     allowed = _allowed_dirs(allow_ingest_under)
     limits = limits or ServerLimits()
@@ -68,7 +73,23 @@ def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
     app.include_router(ask_router(engine, models))
     app.include_router(items_router(engine, allowed))
     app.include_router(ingest_router(engine, allowed, models))
+    _allow_origins(app, cors_origins)
     return app
+
+
+def _allow_origins(app: FastAPI, origins: Sequence[str]) -> None:
+    """Cross-origin calls from ``origins`` (``scheme://host[:port]``, or ``*`` for any): answered
+    outermost, so a browser's preflight needs no key; keys travel in the Authorization header,
+    never as cookies, so no credentials mode."""
+    if not origins:
+        return
+    for origin in origins:
+        parsed = urlsplit(origin)
+        if origin != "*" and not (parsed.scheme in ("http", "https") and parsed.netloc
+                                  and origin == f"{parsed.scheme}://{parsed.netloc}"):
+            raise ConfigError(f"a CORS origin is '*' or scheme://host[:port] with no path, got {origin[:80]!r}")
+    app.add_middleware(CORSMiddleware, allow_origins=list(origins), allow_methods=["GET", "POST"],
+                       allow_headers=["Authorization", "Content-Type", "Range"], max_age=600)
 
 
 def _allowed_dirs(dirs: list[Path] | None) -> list[Path]:
@@ -120,7 +141,7 @@ def bind(host: str, port: int) -> socket.socket:
 def run(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
         allow_ingest_under: list[Path] | None = None, log_level: Literal["info", "warning"] = "info",
         *, limits: ServerLimits | None = None, sock: socket.socket | None = None,
-        require_keys: bool = False) -> None:
+        require_keys: bool = False, cors_origins: Sequence[str] = ()) -> None:
     """Serve ``engine`` with uvicorn until interrupted (one process: the engine lives in it).
 
     ``sock`` is a socket from ``bind(host, port)``; without one the port is bound here.
@@ -130,7 +151,8 @@ def run(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
     except ImportError:
         raise ConfigError("mmrag serve needs uvicorn: pip install 'mmrag[server]'") from None
     sock = sock or bind(host, port)
-    app = create_app(engine, allow_ingest_under=allow_ingest_under, limits=limits, require_keys=require_keys)
+    app = create_app(engine, allow_ingest_under=allow_ingest_under, limits=limits, require_keys=require_keys,
+                     cors_origins=cors_origins)
     allowed = app.state.allow_ingest_under
     port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host

@@ -232,3 +232,23 @@ def test_serve_on_a_public_address_without_a_key_exits_2(empty_store: Path) -> N
     proc = _cli("serve", "--store", str(empty_store), "--host", "0.0.0.0", "--port", "0", timeout=60)
     assert proc.returncode == 2, proc.stderr
     assert "mmrag keys create" in proc.stderr and "--insecure-no-auth" in proc.stderr
+
+
+def test_cross_origin_calls_only_from_the_configured_origins(engine: Engine, keys: dict[str, str]) -> None:
+    allowed, other = "https://intranet.example:8443", "https://elsewhere.example"
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    with TestClient(create_app(engine)) as plain:  # off by default
+        resp = plain.options("/search", headers={"Origin": allowed, **preflight})
+        assert "access-control-allow-origin" not in resp.headers
+    with TestClient(create_app(engine, cors_origins=[allowed])) as c:
+        resp = c.options("/search", headers={"Origin": allowed, **preflight})  # a preflight needs no key
+        assert resp.status_code == 200 and resp.headers["access-control-allow-origin"] == allowed
+        resp = c.get("/search?q=chain", headers={"Origin": allowed, "Authorization": f"Bearer {keys['read']}"})
+        assert resp.status_code == 200 and resp.headers["access-control-allow-origin"] == allowed
+        resp = c.get("/search?q=chain", headers={"Origin": other, "Authorization": f"Bearer {keys['read']}"})
+        assert "access-control-allow-origin" not in resp.headers
+        assert c.get("/search?q=chain", headers={"Origin": allowed}).status_code == 401  # still needs its key
+    from retriever.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no path"):
+        create_app(engine, cors_origins=["https://intranet.example/app"])
