@@ -21,7 +21,8 @@ import errno
 import ipaddress
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -32,6 +33,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from pipelines.engine import Engine
 from pipelines.server.auth import AccessMiddleware
 from pipelines.server.errors import ApiError, install_error_handlers
+from pipelines.server.jobs import JobTable
 from pipelines.server.limits import BodyLimitMiddleware, ServerLimits
 from pipelines.server.links import open_fragment
 from pipelines.server.models import request_models
@@ -52,7 +54,8 @@ class PortInUse(ConfigError):
 def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
                limits: ServerLimits | None = None, require_keys: bool = False,
                cors_origins: Sequence[str] = ()) -> FastAPI:
-    """The HTTP API over ``engine``; ``POST /ingest`` accepts only paths under ``allow_ingest_under``.
+    """The HTTP API over ``engine``; ``POST /ingest`` accepts only paths under ``allow_ingest_under``
+    and runs each ingest as a background job (``pipelines.server.jobs``), one at a time.
 
     API keys (``mmrag keys``) are needed once the store has one, or always with ``require_keys``
     (then revoking the last key shuts the API instead of opening it); see ``pipelines.server.auth``.
@@ -60,9 +63,17 @@ def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
     """
     allowed = _allowed_dirs(allow_ingest_under)
     limits = limits or ServerLimits()
+    jobs = JobTable()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        jobs.stop()
+
     app = FastAPI(title="mmrag", summary="Multimodal search and cited answers over one store",
-                  version="0.1.0")
+                  version="0.1.0", lifespan=lifespan)
     app.state.engine, app.state.allow_ingest_under, app.state.limits = engine, allowed, limits
+    app.state.jobs = jobs
     app.add_middleware(BodyLimitMiddleware, limit_for=limits.body_limit)
     app.add_middleware(AccessMiddleware, catalog=lambda: engine.store.catalog, limits=limits,  # runs first
                        require_keys=require_keys)
@@ -72,7 +83,7 @@ def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
     app.include_router(search_router(engine, limits, models))
     app.include_router(ask_router(engine, models))
     app.include_router(items_router(engine, allowed))
-    app.include_router(ingest_router(engine, allowed, models))
+    app.include_router(ingest_router(engine, allowed, models, jobs))
     _allow_origins(app, cors_origins)
     return app
 

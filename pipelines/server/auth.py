@@ -6,8 +6,8 @@
 scope does not cover the endpoint. The key is checked against the catalog on every request,
 so a revoked key stops working at once; the key is never logged or echoed.
 
-Scopes: ``read`` (search, ask, items, stats, the schema), ``ingest`` (read and ``POST /ingest``),
-``admin`` (everything). Each key (each client address while the store has no key) gets
+Scopes: ``read`` (search, ask, items, stats, the schema), ``ingest`` (read, ``POST /ingest`` and
+the ingest jobs, ``GET /jobs`` and ``GET /jobs/{id}``, which show server paths), ``admin`` (everything). Each key (each client address while the store has no key) gets
 ``ServerLimits.requests_per_minute`` (429 with Retry-After over it), and at most
 ``ServerLimits.max_concurrent_asks`` answers are generated at once (503 with Retry-After).
 """
@@ -43,7 +43,9 @@ class Refusal:
 
 def needed_scope(method: str, path: str) -> str:
     """The least scope that may call ``method path``."""
-    return "ingest" if method == "POST" and path == "/ingest" else "read"
+    if (method == "POST" and path == "/ingest") or path == "/jobs" or path.startswith("/jobs/"):
+        return "ingest"
+    return "read"
 
 
 def _route_path(scope: Scope) -> str:

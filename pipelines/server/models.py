@@ -7,7 +7,7 @@ exactly what the server accepts: a request the schema allows is never refused as
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
@@ -35,6 +35,8 @@ __all__ = [
     "ErrorBody",
     "HealthBody",
     "IngestRequest",
+    "JobBody",
+    "JobListBody",
     "RequestModels",
     "SearchRequest",
     "ValidationErrorBody",
@@ -77,8 +79,8 @@ _DESCRIPTIONS = {
     401: "an API key is needed (the store has keys): missing, unknown or revoked",
     403: "not allowed: the API key's scope does not cover the endpoint, ingest is off, or the path or file "
          "lies outside the allowed directories",
-    404: "no such item, or the item has no such file",
-    409: "another writer holds the store, or the store does not match its models",
+    404: "no such item or job, or the item has no such file",
+    409: "another writer holds the store, an ingest job is running, or the store does not match its models",
     410: "the evidence is gone or changed since it was ingested or cited",
     413: "the request body is over its size limit",
     416: "the Range cannot be satisfied; Content-Range says the file's size",
@@ -170,6 +172,51 @@ class IngestRequest(BaseModel):
 
     paths: list[str]
     prune: bool = False
+
+
+class PathReason(BaseModel):
+    path: str
+    reason: str
+
+
+class IngestReportBody(BaseModel):
+    """What an ingest did (as ``mmrag ingest --json``)."""
+
+    added: int
+    updated: int
+    unchanged: int
+    removed: int
+    items: int
+    failed: list[PathReason]
+    skipped: list[PathReason]
+    seconds: float
+    run_id: int | None
+
+
+class JobProgressBody(BaseModel):
+    files_seen: int = Field(description="files found to ingest so far")
+    files_done: int = Field(description="files finished (added, updated, unchanged or failed)")
+    files_failed: int
+    items_added: int
+
+
+class JobBody(BaseModel):
+    """An ingest job (kept in the server process only; the catalog's runs table keeps the history)."""
+
+    job: str
+    status: Literal["queued", "running", "done", "failed", "interrupted"]
+    url: str = Field(description="where to follow the job: GET /jobs/{job}")
+    paths: list[str]
+    started_at: str
+    finished_at: str | None
+    progress: JobProgressBody
+    report: IngestReportBody | None = Field(description="the ingest report, once done")
+    error: str | None = Field(description="why the job failed or was interrupted")
+    error_type: str | None
+
+
+class JobListBody(BaseModel):
+    jobs: list[JobBody] = Field(description="the recent jobs, newest first")
 
 
 @dataclass(frozen=True)

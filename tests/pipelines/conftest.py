@@ -84,3 +84,29 @@ def client(engine: Any) -> Iterator[Any]:
 
     with TestClient(create_app(engine)) as c:
         yield c
+
+
+JOB_WAIT_S = 60.0
+
+
+def _finished_job(client: Any, started: Any, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The ingest job that ``started`` (a 202 answer of POST /ingest) began, once it has finished."""
+    import time
+
+    assert started.status_code == 202, started.text
+    url = started.json()["url"]
+    deadline = time.monotonic() + JOB_WAIT_S
+    while True:
+        resp = client.get(url, headers=headers or {})
+        assert resp.status_code == 200, resp.text
+        job = resp.json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        assert time.monotonic() < deadline, f"ingest job still {job['status']} after {JOB_WAIT_S} s: {job}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def finished_job() -> Callable[..., dict[str, Any]]:
+    """``finished_job(client, resp, headers=None)``: the job POST /ingest started, polled until it ends."""
+    return _finished_job

@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -318,7 +319,7 @@ def test_ingest_is_forbidden_without_allowed_directories(client: TestClient, cor
     assert body["type"] == "IngestForbidden"
 
 
-def test_ingest_under_an_allowed_directory(engine: Engine, corpus: dict) -> None:
+def test_ingest_under_an_allowed_directory(engine: Engine, corpus: dict, finished_job) -> None:
     inbox, root = corpus["inbox"], corpus["root"]
     with TestClient(create_app(engine, allow_ingest_under=[inbox])) as c:
         for bad in [str(root / "outside.md"), str(inbox / ".." / "outside.md"), "outside.md", "/etc/passwd"]:
@@ -333,15 +334,72 @@ def test_ingest_under_an_allowed_directory(engine: Engine, corpus: dict) -> None
 
         note = inbox / "kites.md"
         note.write_text("# Kites\n\nA box kite flies best in a steady wind of fifteen to twenty-five km/h.\n")
-        with engine.store.write_lock():  # another writer holds the store: single writer, 409
-            body = _assert_error(c.post("/ingest", json={"paths": [str(note)]}), 409, "being written")
-        assert body["type"] == "StoreLockedError"
-        resp = c.post("/ingest", json={"paths": [str(note)]})
-        assert resp.status_code == 200, resp.text
-        report = resp.json()
+        with engine.store.write_lock():  # another writer holds the store: single writer, the job fails
+            job = finished_job(c, c.post("/ingest", json={"paths": [str(note)]}))
+        assert job["status"] == "failed" and job["error_type"] == "StoreLockedError", job
+        assert "being written" in job["error"] and job["report"] is None and job["finished_at"], job
+        job = finished_job(c, c.post("/ingest", json={"paths": [str(note)]}))
+        assert job["status"] == "done" and job["paths"] == [str(note)] and job["error"] is None, job
+        report = job["report"]
         assert report["added"] == 1 and report["failed"] == [] and report["items"] >= 1
+        assert job["progress"]["files_done"] == 1 and job["progress"]["items_added"] == report["items"], job
         top = c.get("/search", params={"q": "which wind speed suits a box kite", "k": 3}).json()["hits"][0]
         assert top["source"] == str(note) and "steady wind" in top["text"]
+
+
+def test_an_ingest_job_reports_progress_and_its_report(engine: Engine, corpus: dict, finished_job) -> None:
+    folder = corpus["inbox"] / "batch"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"note_{i}.md").write_text(f"# Note {i}\n\nThe batch note number {i} is about kite {i}.\n")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not a PDF at all")
+    with TestClient(create_app(engine, allow_ingest_under=[corpus["inbox"]])) as c:
+        resp = c.post("/ingest", json={"paths": [str(folder)]})
+        assert resp.status_code == 202, resp.text
+        started = resp.json()
+        assert started["status"] in ("queued", "running") and started["url"] == f"/jobs/{started['job']}"
+        seen = []
+        while (job := c.get(started["url"]).json())["status"] in ("queued", "running"):
+            seen.append(job["progress"]["files_done"])
+            time.sleep(0.01)
+        assert seen == sorted(seen), seen  # progress only moves forward
+        assert job["status"] == "done" and job["started_at"] <= job["finished_at"], job
+        report = job["report"]
+        assert report["added"] == 6 and [f["path"] for f in report["failed"]] == [str(folder / "broken.pdf")]
+        assert job["progress"] == {"files_seen": 7, "files_done": 7, "files_failed": 1,
+                                   "items_added": report["items"]}, job
+        listed = c.get("/jobs").json()["jobs"]
+        assert listed[0] == job
+        assert finished_job(c, c.post("/ingest", json={"paths": [str(folder)]}))["report"]["unchanged"] == 6
+
+
+def test_one_ingest_job_at_a_time(engine: Engine, corpus: dict, finished_job,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    note = corpus["inbox"] / "lanterns.md"
+    note.write_text("# Lanterns\n\nPaper lanterns glow best with a warm white light.\n")
+    release = threading.Event()
+    ingest = engine.ingest
+
+    def held_ingest(*args, **kwargs):
+        assert release.wait(30)
+        return ingest(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "ingest", held_ingest)
+    with TestClient(create_app(engine, allow_ingest_under=[corpus["inbox"]])) as c:
+        first = c.post("/ingest", json={"paths": [str(note)]})
+        assert first.status_code == 202, first.text
+        body = _assert_error(c.post("/ingest", json={"paths": [str(note)]}), 409, "one ingest runs at a time")
+        assert body["type"] == "IngestBusy" and first.json()["job"] in body["error"]
+        assert c.get(first.json()["url"]).json()["status"] in ("queued", "running")
+        release.set()
+        assert finished_job(c, first)["report"]["added"] == 1
+        assert finished_job(c, c.post("/ingest", json={"paths": [str(note)]}))["report"]["unchanged"] == 1
+
+
+def test_an_unknown_job_is_404(client: TestClient) -> None:
+    body = _assert_error(client.get("/jobs/0123456789abcdef"), 404, "no ingest job")
+    assert body["type"] == "JobNotFound"
+    assert client.get("/jobs").json() == {"jobs": []}
 
 
 # ---- mmrag serve -------------------------------------------------------------------------------

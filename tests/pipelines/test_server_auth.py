@@ -80,7 +80,18 @@ def _requests(engine: Engine, corpus: dict[str, Path]) -> list[tuple[str, str, d
         ("GET", f"/items/{text_id}/open", {}, "read"),
         ("GET", f"/items/{visual_id}/thumbnail", {}, "read"),
         ("POST", "/ingest", {"json": {"paths": [str(corpus["inbox"])]}}, "ingest"),
+        ("GET", "/jobs", {}, "ingest"),
     ]
+
+
+def _assert_served(client: TestClient, method: str, url: str, resp: httpx.Response, key: str | None,
+                   finished_job) -> None:
+    """A successful answer: 200, or 202 for POST /ingest, whose job is then waited for."""
+    if (method, url) != ("POST", "/ingest"):
+        assert resp.status_code == 200, (method, url, resp.text)
+        return
+    job = finished_job(client, resp, {"Authorization": f"Bearer {key}"} if key else None)
+    assert job["status"] == "done", job
 
 
 def _call(client: TestClient, method: str, url: str, kwargs: dict[str, Any], key: str | None) -> httpx.Response:
@@ -98,15 +109,16 @@ def _assert_refused(resp: httpx.Response, status: int) -> None:
         assert resp.headers["WWW-Authenticate"].startswith("Bearer"), resp.headers
 
 
-def test_without_keys_every_endpoint_is_open(app_client: TestClient, engine: Engine, corpus) -> None:
+def test_without_keys_every_endpoint_is_open(app_client: TestClient, engine: Engine, corpus,
+                                             finished_job) -> None:
     assert not engine.store.catalog.has_active_api_keys()
     for method, url, kwargs, _scope in _requests(engine, corpus):
         resp = _call(app_client, method, url, kwargs, key=None)
-        assert resp.status_code == 200, (method, url, resp.text)
+        _assert_served(app_client, method, url, resp, None, finished_job)
 
 
 def test_every_endpoint_needs_a_key_of_the_right_scope(app_client: TestClient, engine: Engine, corpus,
-                                                       keys: dict[str, str]) -> None:
+                                                       keys: dict[str, str], finished_job) -> None:
     texts = []
     assert app_client.get("/healthz").status_code == 200  # never needs a key
     for method, url, kwargs, needed in _requests(engine, corpus):
@@ -117,13 +129,29 @@ def test_every_endpoint_needs_a_key_of_the_right_scope(app_client: TestClient, e
             resp = _call(app_client, method, url, kwargs, key=keys[scope])
             allowed = {"read": 0, "ingest": 1, "admin": 2}[scope] >= {"read": 0, "ingest": 1}[needed]
             if allowed:
-                assert resp.status_code == 200, (method, url, scope, resp.text)
+                _assert_served(app_client, method, url, resp, keys[scope], finished_job)
             else:
                 _assert_refused(resp, 403)
                 assert needed in resp.json()["error"]
             texts.append(resp.text + json.dumps(dict(resp.headers)))
     for key in keys.values():
         assert not any(key in t or key_digest(key) in t for t in texts)
+
+
+def test_jobs_need_the_ingest_scope(app_client: TestClient, corpus, keys: dict[str, str], finished_job) -> None:
+    def auth(scope: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {keys[scope]}"}
+
+    started = app_client.post("/ingest", json={"paths": [str(corpus["inbox"])]}, headers=auth("ingest"))
+    job = finished_job(app_client, started, auth("ingest"))
+    for url in ("/jobs", job["url"], "/jobs/0123456789abcdef"):
+        _assert_refused(app_client.get(url), 401)
+        refused = app_client.get(url, headers=auth("read"))
+        _assert_refused(refused, 403)
+        assert "'ingest'" in refused.json()["error"] and str(corpus["inbox"]) not in refused.text
+    assert app_client.get(job["url"], headers=auth("admin")).json() == job
+    assert job in app_client.get("/jobs", headers=auth("ingest")).json()["jobs"]
+    _assert_refused(app_client.get("/jobs/0123456789abcdef", headers=auth("ingest")), 404)
 
 
 def test_revoking_a_key_takes_effect_at_once(app_client: TestClient, engine: Engine) -> None:

@@ -5,7 +5,8 @@ fuzzed examples, and every response is checked: no server error, a documented st
 a documented media type and a body that matches its documented schema; a request the
 schema allows is not refused as malformed, one it forbids is refused.
 
-``POST /ingest`` runs with ingest off (every valid request is a 403; nothing is written).
+``POST /ingest`` runs with ingest off (every valid request is a 403; nothing is written), so
+``GET /jobs`` lists no job and ``GET /jobs/{job_id}`` is a 404.
 For ``POST /search/image`` the check that valid requests are accepted is off: the schema can
 say "a file", not "a decodable image", so a random upload is rightly a 400.
 """
@@ -80,5 +81,6 @@ def test_the_server_conforms_to_its_schema(engine: Engine) -> None:
     assert not errors, "\n".join(errors)
     assert not failures, f"{len(failures)} failure(s):\n" + "\n\n".join(failures)
     operations = {"GET /healthz", "GET /stats", "GET /search", "POST /search", "POST /search/image",
-                  "POST /ask", "GET /items/{item_id}/open", "GET /items/{item_id}/thumbnail", "POST /ingest"}
+                  "POST /ask", "GET /items/{item_id}/open", "GET /items/{item_id}/thumbnail", "POST /ingest",
+                  "GET /jobs", "GET /jobs/{job_id}"}
     assert set(cases) == operations and all(n >= 1 for n in cases.values()), cases

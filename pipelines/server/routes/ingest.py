@@ -1,32 +1,45 @@
-"""``POST /ingest``: only paths under the directories the app allows (ingest is off without any)."""
+"""``POST /ingest`` starts an ingest job (only paths under the directories the app allows; ingest is
+off without any); ``GET /jobs`` and ``GET /jobs/{job_id}`` follow the jobs (``pipelines.server.jobs``)."""
 
 import os
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
 from pipelines.engine import Engine
 from pipelines.server.errors import IngestForbidden, IngestPathMissing
+from pipelines.server.jobs import JobTable
 from pipelines.server.limits import shown
-from pipelines.server.models import IngestRequest, RequestModels, responses
-from pipelines.server.routes.requests import with_request_types
+from pipelines.server.models import IngestRequest, JobBody, JobListBody, RequestModels, responses
+from pipelines.server.routes.requests import root_path, with_request_types
 
 __all__ = ["ingest_router"]
 
 
-def ingest_router(engine: Engine, allowed: list[Path], models: RequestModels) -> APIRouter:
+def ingest_router(engine: Engine, allowed: list[Path], models: RequestModels, jobs: JobTable) -> APIRouter:
     router = APIRouter()
 
-    def ingest(body: IngestRequest) -> dict[str, Any]:
+    def ingest(request: Request, body: IngestRequest) -> dict[str, Any]:
         if not allowed:
             raise IngestForbidden("ingest over HTTP is disabled; start the server with "
                                   "`mmrag serve --allow-ingest DIR` to allow ingesting files under DIR")
         paths = [_ingest_path(raw, allowed) for raw in body.paths]
-        return engine.ingest(paths, prune=body.prune, within=allowed).to_dict()
+        prune = body.prune
+        job = jobs.start(paths, lambda progress: engine.ingest(paths, prune=prune, progress=progress,
+                                                               within=allowed).to_dict())
+        return job.to_dict(root_path(request))
 
-    router.post("/ingest", responses=responses(400, 403, 409, 413, 422, 503))(
-        with_request_types(ingest, body=models.ingest))
+    def list_jobs(request: Request) -> dict[str, Any]:
+        return {"jobs": [job.to_dict(root_path(request)) for job in jobs.recent()]}
+
+    def get_job(request: Request, job_id: str) -> dict[str, Any]:
+        return jobs.get(job_id).to_dict(root_path(request))
+
+    router.post("/ingest", status_code=202, response_model=JobBody,
+                responses=responses(400, 403, 409, 413, 422, 503))(with_request_types(ingest, body=models.ingest))
+    router.get("/jobs", response_model=JobListBody, responses=responses())(list_jobs)
+    router.get("/jobs/{job_id}", response_model=JobBody, responses=responses(404))(get_job)
     return router
 
 
