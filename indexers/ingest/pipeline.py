@@ -351,9 +351,8 @@ def _unused_encoders(*encoders: Any) -> list[Any]:
     """The encoders that have not encoded yet in this process (their weights load on first use)."""
     out = []
     for encoder in encoders:
-        with contextlib.suppress(TypeError):  # an encoder that cannot be weakly referenced is never reported
+        with contextlib.suppress(TypeError):  # WeakSet membership of an object that cannot be weakly referenced
             if encoder is not None and encoder not in _USED_ENCODERS:
-                weakref.ref(encoder)
                 out.append(encoder)
     return out
 

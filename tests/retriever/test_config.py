@@ -153,7 +153,7 @@ def test_setting_variables_map_to_settings() -> None:
     assert got == {"index.backend": "faiss", "llm.spec": "ollama:x"}
 
 
-def test_process_variables() -> None:
+def test_process_variables(tmp_path: Path) -> None:
     assert env.progress_seconds({"MMRAG_PROGRESS_SECONDS": "0.5"}) == 0.5
     assert env.progress_seconds({"MMRAG_PROGRESS_SECONDS": "soon"}) == 5.0
     assert env.progress_seconds({}) == 5.0 and env.progress_seconds({"MMRAG_PROGRESS_SECONDS": "-3"}) == 0.0
@@ -161,9 +161,9 @@ def test_process_variables() -> None:
     with pytest.raises(ConfigError, match="MMRAG_THREADS is '0'; expected a positive integer"):
         env.torch_threads({"MMRAG_THREADS": "0"})
     assert env.offline_requested({"MMRAG_OFFLINE": "Yes"}) and not env.offline_requested({"MMRAG_OFFLINE": "0"})
-    assert env.cache_dir({"MMRAG_CACHE": "/tmp/c"}) == Path("/tmp/c")
+    assert env.cache_dir({"MMRAG_CACHE": str(tmp_path / "c")}) == tmp_path / "c"
     assert env.cache_dir({}) == Path.home() / ".cache" / "mmrag"
-    assert env.eval_data_dir({"MMRAG_EVAL_DATA": "/data/eval"}) == Path("/data/eval")
+    assert env.eval_data_dir({"MMRAG_EVAL_DATA": str(tmp_path / "eval")}) == tmp_path / "eval"
     assert env.eval_data_dir({}) == (Path("..") / "shared" / "eval").resolve()
     assert env.model_cache_for_tests(Path("d"), {}) == Path("d")
     assert env.config_file({"MMRAG_CONFIG": "x.toml"}) == Path("x.toml") and env.store_dir({}) is None
