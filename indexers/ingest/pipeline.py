@@ -12,6 +12,11 @@ Ctrl-C stops a run within about a second: workers stop taking files, a commit in
 progress completes, the run is recorded as interrupted and ``KeyboardInterrupt`` is
 raised (see ``indexers.ingest.interrupt``). What was committed stays; the next run ingests
 the rest. A run that ends well cleans up after earlier runs that did not.
+
+Two executors run the decode and encode stages: ``local`` (threads in this process, below) and
+``ray`` (Ray Data tasks and encoder actors on a cluster, ``indexers.ingest.ray_executor``). Both
+feed the same ``Committer`` (``indexers.ingest.commit``) in this process, which holds the write
+lock; discovery, the run record and the interrupt handling are this module's in either case.
 """
 
 from __future__ import annotations
@@ -23,69 +28,33 @@ import queue
 import threading
 import time
 import weakref
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-import numpy as np
-
+from indexers.ingest.commit import Committer, IngestReport
 from indexers.ingest.discover import Found, discover, real_dirs
+from indexers.ingest.encode import encode_items
 from indexers.ingest.interrupt import Interrupt
 from indexers.ingest.prepare import PreparedItem
 from indexers.ingest.progress import ProgressCallback, ProgressTracker
 from indexers.registry import Registry
-from indexers.ingest.workers import STOP, DoneMsg, FailMsg, FileWorkers, ItemMsg, UnchangedMsg, hash_file
-from retriever.catalog import NewItem, SourceInfo
+from indexers.ingest.workers import STOP, FailMsg, FileWorkers, ItemMsg, hash_file
+from retriever.catalog import NewItem
 from retriever.config import Config
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
+from retriever.errors import ArgumentError
 from retriever.store import Store
-from retriever.types import RunStatus, Space, spaces_for, store_spaces
+from retriever.types import RunStatus, Space, store_spaces
 
 if TYPE_CHECKING:
     from indexers.av.transcribe import SpeechToText
 
-__all__ = ["IngestPipeline", "IngestReport", "hash_file"]
+__all__ = ["EXECUTORS", "IngestPipeline", "IngestReport", "encode_items", "hash_file"]
+
+EXECUTORS = ("local", "ray")
 
 _log = logging.getLogger(__name__)
 _USED_ENCODERS: weakref.WeakSet[Any] = weakref.WeakSet()  # encoders that have encoded once (weights loaded)
-
-
-@dataclass
-class IngestReport:
-    """What a run did. ``failed`` and ``skipped`` hold (path, reason) pairs."""
-
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    removed: int = 0
-    items: int = 0
-    failed: list[tuple[str, str]] = field(default_factory=list)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
-    seconds: float = 0.0
-    run_id: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "removed": self.removed,
-            "items": self.items,
-            "failed": [{"path": p, "reason": r} for p, r in self.failed],
-            "skipped": [{"path": p, "reason": r} for p, r in self.skipped],
-            "seconds": round(self.seconds, 3),
-            "run_id": self.run_id,
-        }
-
-
-@dataclass
-class _Pending:
-    """A source being assembled: its encoded items and whether its worker finished."""
-
-    items: list[NewItem] = field(default_factory=list)
-    files: list[tuple[bytes | None, bytes | None]] = field(default_factory=list)
-    waiting: int = 0  # items queued for encoding
-    done: DoneMsg | None = None
 
 
 class IngestPipeline:
@@ -93,6 +62,8 @@ class IngestPipeline:
 
     ``progress`` is described in ``indexers.ingest.progress``. ``transcriber`` is the speech
     model that audio and video files share (None: the process-wide one for the config).
+    ``executor`` is ``local`` or ``ray`` (default ``ingest.executor``); ``ray_address`` the Ray
+    cluster to run on (default ``ingest.ray_address``; empty: a local cluster started for the run).
     """
 
     def __init__(
@@ -104,8 +75,15 @@ class IngestPipeline:
         config: Config,
         progress: ProgressCallback | None = None,
         transcriber: SpeechToText | None = None,
+        *,
+        executor: str | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.store, self.registry, self.clip, self.text, self.config = store, registry, clip, text, config
+        self.executor = config.ingest.executor if executor is None else executor
+        if self.executor not in EXECUTORS:
+            raise ArgumentError(f"executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        self.ray_address = config.ingest.ray_address if ray_address is None else ray_address
         self.tracker = ProgressTracker(progress)
         self.transcriber = transcriber
         self.batch_size = config.models.batch_size
@@ -202,16 +180,27 @@ class IngestPipeline:
                 self.tracker.found(str(f.path))
         return found
 
-    # ---- main thread: batch, encode, commit ---------------------------------------
+    # ---- the executors ----------------------------------------------------------------
     def _consume(self, files: Sequence[Found], report: IngestReport) -> None:
         if not files:
             return
+        committer = Committer(self.store, self.config, self.tracker, self.interrupt, report)
+        if self.executor == "ray":
+            from indexers.ingest.ray_executor import RayExecutor
+
+            RayExecutor(self.registry, self.config, self.ray_address, models=(self.clip, self.text)).run(
+                files, committer, self.within, self.interrupt)
+        else:
+            self._consume_local(files, committer)
+
+    # ---- in process: decode threads, batch + encode + commit on the main thread -----------
+    def _consume_local(self, files: Sequence[Found], committer: Committer) -> None:
         n_workers = max(1, min(self.config.ingest.workers or (os.cpu_count() or 1), len(files)))
         out: queue.Queue[Any] = queue.Queue(maxsize=max(16, 2 * self.batch_size))
         workers = FileWorkers(self.store, self.registry, self.clip, self.config, self.transcriber,
                               self.interrupt.stop, self.within)
         threads = workers.start(files, out, n_workers)
-        state = _RunState(self, report)
+        state = _Batches(self, committer)
         try:
             self._drain(out, n_workers, state)
         except KeyboardInterrupt:
@@ -224,7 +213,7 @@ class IngestPipeline:
             t.join()
 
     @staticmethod
-    def _drain(out: queue.Queue[Any], n_workers: int, state: _RunState) -> None:
+    def _drain(out: queue.Queue[Any], n_workers: int, state: _Batches) -> None:
         stopped = 0
         while stopped < n_workers:
             try:
@@ -254,39 +243,22 @@ class IngestPipeline:
                 t.join(timeout=0.02)
 
 
-class _RunState:
-    """Book-keeping of one run on the main thread."""
+class _Batches:
+    """The in-process executor's main thread: items in batches, encoded, handed to the committer."""
 
-    def __init__(self, pipe: IngestPipeline, report: IngestReport) -> None:
-        self.pipe, self.report = pipe, report
-        self.pending: dict[int, _Pending] = {}
+    def __init__(self, pipe: IngestPipeline, committer: Committer) -> None:
+        self.pipe, self.committer = pipe, committer
         self.batch: list[tuple[int, PreparedItem]] = []
-        self.since_save = 0
 
     def handle(self, msg: Any) -> None:
         if isinstance(msg, ItemMsg):
-            p = self.pending.setdefault(msg.key, _Pending())
-            p.waiting += 1
             self.batch.append((msg.key, msg.item))
             if len(self.batch) >= self.pipe.batch_size:
                 self.flush()
-        elif isinstance(msg, DoneMsg):
-            self.pending.setdefault(msg.key, _Pending()).done = msg
-            self._commit_ready()
-        elif isinstance(msg, FailMsg):
-            self._fail(msg)
-        elif isinstance(msg, UnchangedMsg):
-            self.report.unchanged += 1
-            self.pipe.tracker.file_done("")
-
-    def _fail(self, msg: FailMsg) -> None:
-        self.pending.pop(msg.key, None)
-        self.batch = [(k, it) for k, it in self.batch if k != msg.key]
-        info = msg.info or SourceInfo(msg.path, Path(msg.path).name, None, None, None)
-        with self.pipe.interrupt.critical():
-            self.pipe.store.catalog.record_failure(info, msg.reason, self.report.run_id)
-            self.report.failed.append((msg.path, msg.reason))
-            self.pipe.tracker.file_done(msg.path, failed=True)
+        else:
+            if isinstance(msg, FailMsg):
+                self.batch = [(k, it) for k, it in self.batch if k != msg.key]
+            self.committer.handle(msg)
 
     def flush(self) -> None:
         if self.batch:
@@ -301,50 +273,9 @@ class _RunState:
                 _USED_ENCODERS.update(cold)
                 self.pipe.tracker.note("")
             for (key, it), vecs in zip(batch, vectors):
-                p = self.pending.get(key)
-                if p is None:
-                    continue
-                p.items.append(
-                    NewItem(it.modality.value, it.kind, it.locator.to_dict(), it.text, it.metadata, vecs)
-                )
-                p.files.append((it.thumbnail, it.preview))
-                p.waiting -= 1
-        self._commit_ready()
-
-    def _commit_ready(self) -> None:
-        ready = [k for k, p in self.pending.items() if p.done is not None and p.waiting == 0]
-        if not ready:
-            return
-        with self.pipe.interrupt.critical():  # a first Ctrl-C waits for these commits and the index update
-            for key in ready:
-                self._commit(self.pending.pop(key))
-            self.pipe.store.sync(lexical=False)
-            if self.since_save >= self.pipe.config.index.save_every_items:
-                for space in self.pipe.store.dense.values():
-                    space.save()
-                self.since_save = 0
-
-    def _commit(self, p: _Pending) -> None:
-        done = p.done
-        assert done is not None
-        store = self.pipe.store
-
-        def write_files(ids: Sequence[int], items: Sequence[NewItem]) -> None:
-            for iid, it, (thumb, preview) in zip(ids, items, p.files):
-                it.thumbnail = _write_media(store, "thumb", iid, thumb)
-                it.preview = _write_media(store, "preview", iid, preview)
-
-        store.catalog.commit_source(
-            done.info, p.items, metadata=done.metadata, notes=done.notes, run_id=self.report.run_id,
-            write_files=write_files,
-        )
-        if done.updated:
-            self.report.updated += 1
-        else:
-            self.report.added += 1
-        self.report.items += len(p.items)
-        self.since_save += len(p.items)
-        self.pipe.tracker.file_done(done.info.uri, items=len(p.items))
+                new = NewItem(it.modality.value, it.kind, it.locator.to_dict(), it.text, it.metadata, vecs)
+                self.committer.add(key, new, (it.thumbnail, it.preview))
+        self.committer.commit_ready()
 
 
 def _unused_encoders(*encoders: Any) -> list[Any]:
@@ -355,43 +286,3 @@ def _unused_encoders(*encoders: Any) -> list[Any]:
             if encoder is not None and encoder not in _USED_ENCODERS:
                 out.append(encoder)
     return out
-
-
-def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> str | None:
-    return None if data is None else store.write_media(kind, item_id, data)
-
-
-def encode_items(
-    items: Sequence[PreparedItem], clip: ImageTextEncoder | None, text: TextEncoder, clip_texts: bool = True
-) -> list[dict[str, np.ndarray]]:
-    """Vectors per space for each item: CLIP (image tower for visual items, text tower for
-    text items), and the text space for items with text."""
-    out: list[dict[str, np.ndarray]] = [{} for _ in items]
-    available = store_spaces(clip=clip is not None, clip_texts=clip_texts)
-    wanted = [spaces_for(has_text=bool(it.text), visual=it.clip_input is not None, available=available)
-              for it in items]
-    if clip is not None:
-        vis = [i for i, w in enumerate(wanted) if Space.CLIP in w]
-        txt = [i for i, w in enumerate(wanted) if Space.CLIP_TEXTS in w]
-        if vis:
-            for i, v in zip(vis, clip.encode_preprocessed([items[i].clip_input for i in vis])):
-                out[i][Space.CLIP] = v
-        if txt:
-            for i, v in zip(txt, clip.encode_texts(_texts_at(items, txt))):
-                out[i][Space.CLIP_TEXTS] = v
-    with_text = [i for i, w in enumerate(wanted) if Space.TEXT in w]
-    if with_text:
-        for i, v in zip(with_text, text.encode_texts(_texts_at(items, with_text))):
-            out[i][Space.TEXT] = v
-    return out
-
-
-def _texts_at(items: Sequence[PreparedItem], indices: Sequence[int]) -> list[str]:
-    """The texts of the items at ``indices``, each of which was chosen for having one."""
-    texts = []
-    for i in indices:
-        text = items[i].text
-        if not text:
-            raise ValueError(f"item {i} ({items[i].kind} of {items[i].locator.uri}) has no text to encode")
-        texts.append(text)
-    return texts

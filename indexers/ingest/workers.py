@@ -4,6 +4,10 @@ Each worker takes the next file, hashes it, reports it unchanged or ingests it a
 prepares its items (model input tensors, thumbnails), and puts messages for the main
 thread on a bounded queue. Workers check the run's stop flag before each file and
 each item, and never block on a full queue once it is set.
+
+``source_info`` (hash and limits), ``decode_file`` (ingestor, context, prepared items) and
+``failure_reason`` are the per-file steps; the Ray executor's driver and decode tasks run the
+same ones, so a file gives the same items and the same failure reason on either executor.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import queue
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from indexers.base import IngestContext
 from indexers.ingest.discover import OUTSIDE, Found, is_inside
@@ -31,7 +35,10 @@ from retriever.store import Store
 if TYPE_CHECKING:
     from indexers.av.transcribe import SpeechToText
 
-__all__ = ["STOP", "DoneMsg", "FailMsg", "FileWorkers", "ItemMsg", "UnchangedMsg", "hash_file"]
+__all__ = [
+    "STOP", "DoneMsg", "FailMsg", "FileWorkers", "ItemMsg", "UnchangedMsg", "decode_file", "failure_reason",
+    "hash_file", "source_info",
+]
 
 
 def hash_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -56,6 +63,7 @@ class DoneMsg:
     metadata: dict
     notes: list
     updated: bool
+    items: int  # how many items the file gave (its source is complete once all are encoded)
 
 
 @dataclass(frozen=True)
@@ -122,50 +130,71 @@ class FileWorkers:
             if prev is not None and prev.status == SourceStatus.OK and prev.content_hash == info.content_hash:
                 self._put(out, UnchangedMsg(key))
                 return
-            ingestor, ctype = self.registry.resolve(path)
-            info = replace(info, content_type=ctype, family=family(ctype))
-            ctx = self._context()
-            for item in ingestor.ingest(path, ctx):
-                if self.stop.is_set():
+            info, ctx, items = decode_file(path, info, self.registry, self.clip, self.config, self.transcriber)
+            count = 0
+            for item in items:
+                if self.stop.is_set() or not self._put(out, ItemMsg(key, item)):
                     return
-                if item.locator.uri != info.uri:
-                    item = replace(item, locator=item.locator.with_uri(info.uri))
-                if not self._put(out, ItemMsg(key, prepare_item(item, self.clip, self.config.ingest))):
-                    return
+                count += 1
             updated = prev is not None and prev.status == SourceStatus.OK
-            self._put(out, DoneMsg(key, info, dict(ctx.source_metadata), list(ctx.notes), updated))
-        except IngestError as exc:
-            self._put(out, FailMsg(key, str(path), info, str(exc) or type(exc).__name__))
-        except MemoryError:
-            self._put(out, FailMsg(key, str(path), info, "out of memory while ingesting this file"))
-        except Exception as exc:  # one bad file never stops a batch
-            self._put(out, FailMsg(key, str(path), info, f"{type(exc).__name__}: {exc}"))
+            self._put(out, DoneMsg(key, info, dict(ctx.source_metadata), list(ctx.notes), updated, count))
+        except Exception as exc:  # one bad file never stops a batch (MemoryError included)
+            self._put(out, FailMsg(key, str(path), info, failure_reason(exc)))
 
     def source_info(self, found: Found) -> SourceInfo:
-        """What the catalog records of a discovered file (path, display name, content hash, size,
-        mtime); ``IngestError`` when it cannot be read, is over the size limit, or now resolves
-        outside the run's allowed directories."""
-        path = found.path
-        if self.within is not None and not is_inside(path, self.within):  # moved since it was discovered
-            raise IngestError(OUTSIDE)
-        try:
-            st = path.stat()
-        except OSError as exc:
-            raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
-        if st.st_size > self.config.ingest.max_file_bytes:
-            limit = self.config.ingest.max_file_bytes
-            raise LimitExceeded(f"file is {st.st_size} bytes, above the limit of {limit}")
-        try:
-            digest = hash_file(path)
-        except OSError as exc:
-            raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
-        try:
-            display = path.relative_to(found.root).as_posix()
-        except ValueError:
-            display = path.name
-        return SourceInfo(str(path), display, digest, st.st_size, st.st_mtime)
+        """``source_info`` of ``found`` under this run's confinement and size limit."""
+        return source_info(found, self.within, self.config.ingest.max_file_bytes)
 
-    def _context(self) -> IngestContext:
-        clip = self.clip
-        embed = (lambda images: clip.encode_images(images)) if clip is not None else None
-        return IngestContext(config=self.config, embed_images=embed, transcriber=self.transcriber)
+
+
+def source_info(found: Found, within: tuple[str, ...] | None, max_bytes: int) -> SourceInfo:
+    """What the catalog records of a discovered file (path, display name, content hash, size,
+    mtime); ``IngestError`` when it cannot be read, is over ``max_bytes``, or now resolves
+    outside the run's allowed directories (``within``)."""
+    path = found.path
+    if within is not None and not is_inside(path, within):  # moved since it was discovered
+        raise IngestError(OUTSIDE)
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
+    if st.st_size > max_bytes:
+        raise LimitExceeded(f"file is {st.st_size} bytes, above the limit of {max_bytes}")
+    try:
+        digest = hash_file(path)
+    except OSError as exc:
+        raise IngestError(f"cannot read file: {exc.strerror or exc}") from exc
+    try:
+        display = path.relative_to(found.root).as_posix()
+    except ValueError:
+        display = path.name
+    return SourceInfo(str(path), display, digest, st.st_size, st.st_mtime)
+
+
+def decode_file(
+    path: Path, info: SourceInfo, registry: Registry, clip: ImageTextEncoder | None, config: Config,
+    transcriber: SpeechToText | None,
+) -> tuple[SourceInfo, IngestContext, Iterator[PreparedItem]]:
+    """Pick the ingestor of ``path``; its source info (with content type and family), the context
+    that collects its metadata and notes as it goes, and its items, prepared, as they come."""
+    ingestor, ctype = registry.resolve(path)
+    info = replace(info, content_type=ctype, family=family(ctype))
+    embed = (lambda images: clip.encode_images(images)) if clip is not None else None
+    ctx = IngestContext(config=config, embed_images=embed, transcriber=transcriber)
+
+    def items() -> Iterator[PreparedItem]:
+        for item in ingestor.ingest(path, ctx):
+            if item.locator.uri != info.uri:
+                item = replace(item, locator=item.locator.with_uri(info.uri))
+            yield prepare_item(item, clip, config.ingest)
+
+    return info, ctx, items()
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason a file failed, as the catalog and the run's summary record it."""
+    if isinstance(exc, IngestError):
+        return str(exc) or type(exc).__name__
+    if isinstance(exc, MemoryError):
+        return "out of memory while ingesting this file"
+    return f"{type(exc).__name__}: {exc}"

@@ -79,7 +79,9 @@ def format_hits(hits: list[Hit]) -> str:
 def cmd_ingest(args: argparse.Namespace, overrides: dict[str, Any], emit: Emit) -> int:
     existing_paths(args.paths, "ingest")  # a missing input is a usage error before a store is created
     with _progress(not args.json) as progress, _engine(args, overrides, create=True) as eng:
-        report = eng.ingest(args.paths, prune=args.prune, progress=progress).to_dict()
+        executor = None if args.ray is None else "ray"  # --ray [ADDRESS]: on a Ray cluster
+        report = eng.ingest(args.paths, prune=args.prune, progress=progress, executor=executor,
+                            ray_address=args.ray or None).to_dict()
     emit(args, report, format_report(report))
     return exit_codes.STRICT if args.strict and report["failed"] else exit_codes.OK
 

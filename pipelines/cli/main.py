@@ -65,6 +65,9 @@ def _add_ingest(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("--prune", action="store_true", help="remove sources under PATHS whose files are gone")
     p.add_argument("--strict", action="store_true", help="exit 3 if any file failed")
     p.add_argument("--pdf-password", action="append", default=[], help="password to try on encrypted PDFs (repeatable)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="decode and encode on a Ray cluster (HEAD:6379, or 'auto'); without ADDRESS, on a local "
+                        "one started for the run (the ray extra). Give it after the paths, or as --ray=ADDRESS")
     _common(p)
 
 

@@ -25,17 +25,26 @@ class IngestConfig:
     exclude: tuple[str, ...] = ("**/.*", "**/.*/**", "**/__pycache__/**")
     follow_symlinks: bool = False
     workers: int = 0  # 0: one per CPU core
-    chunk_chars: int = 1000
-    chunk_overlap: int = 150
+    # text chunks: at most chunk_chars, cut evenly (indexers.chunking); 1600/0 measured in docs/tuning.md
+    chunk_chars: int = 1600
+    chunk_overlap: int = 0
     thumbnail_px: int = 256
     preview_px: int = 1024
     max_image_pixels: int = 178_956_970  # PIL's decompression-bomb limit (2x its warning level)
     max_file_bytes: int = 2 * 1024**3
     commit_every_items: int = 256
     lock_wait_s: float = 0.0  # a second writer waits this long for the write lock, then fails
+    # where files are decoded and encoded: "local" (threads in this process) or "ray" (Ray Data)
+    executor: str = "local"
+    ray_address: str = ""  # Ray cluster (HOST:PORT, "auto"); empty: start a local one on 127.0.0.1
+    ray_actors: int = 0  # encoder actors; 0: one per GPU of the cluster, or 1 CPU actor without GPUs
+    ray_actor_cpus: float = 1.0  # CPUs a CPU encoder actor reserves (its torch threads)
 
     def __post_init__(self) -> None:
         check = Problems("ingest")
+        check.one_of("executor", self.executor, ("local", "ray"))
+        check.at_least("ray_actors", self.ray_actors, 0, integer=True)
+        check.above("ray_actor_cpus", self.ray_actor_cpus, 0)
         check.at_least("workers", self.workers, 0, integer=True)
         for name in ("chunk_chars", "thumbnail_px", "preview_px", "max_image_pixels", "max_file_bytes",
                      "commit_every_items"):
