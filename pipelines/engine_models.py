@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +89,27 @@ class EngineModels:
             return self.transcriber
         except ImportError:
             return None
+
+    def warm(self) -> dict[str, float]:
+        """Load the models a search uses and run one query through each, so that the first real
+        query pays no load (what a service does before it says it is ready); seconds per model.
+
+        One text (and, for CLIP, one small image) goes through the query path: the copy of the
+        model in ``models.query_precision``, and the weight pages a query touches.
+        """
+        from PIL import Image
+
+        seconds: dict[str, float] = {}
+        clip = self.clip
+        for name, encoder in (("clip", clip), ("text", self.text)):
+            if encoder is None:
+                continue
+            start = time.perf_counter()
+            encoder.encode_texts(["warm-up"])
+            if encoder is clip and clip is not None:
+                clip.encode_images([Image.new("RGB", (32, 32))])
+            seconds[name] = time.perf_counter() - start
+        return seconds
 
     def wanted(self) -> dict[str, str]:
         """The model id each dense space must have been built with, by space name."""

@@ -3,14 +3,18 @@
 ``auto`` picks CUDA with fp16 when torch sees a GPU; otherwise the CPU, in bf16 when
 the CPU has native bf16 matrix instructions (AMX or AVX512-BF16, read from
 ``/proc/cpuinfo``), else fp32. ``models.device`` / ``models.precision`` override.
+Queries (one text or image) have their own precision (``models.query_precision``, default
+the same) and torch threads (``models.query_threads``, default 1; see ``query_threads``).
 Nothing here runs at import; torch is imported on first call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,11 +24,22 @@ from retriever.errors import ConfigError
 if TYPE_CHECKING:
     from retriever.config import ModelsConfig
 
-__all__ = ["DevicePlan", "configure_threads", "cpu_count", "cpu_supports_bf16", "resolve_device"]
+__all__ = [
+    "DevicePlan",
+    "configure_threads",
+    "cpu_count",
+    "cpu_supports_bf16",
+    "query_plan",
+    "query_threads",
+    "resolve_device",
+]
 
 _BF16_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 _threads_lock = threading.Lock()
 _threads_set: int | None = None
+_query_lock = threading.Lock()
+_query_users = 0
+_query_saved: int | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +98,22 @@ def resolve_device(models_cfg: ModelsConfig, cpuinfo: str = "/proc/cpuinfo") -> 
     return DevicePlan("cpu", precision)
 
 
+def query_plan(models_cfg: ModelsConfig, batch: DevicePlan | None = None) -> DevicePlan:
+    """The plan for encoding one query: ``batch`` (or ``resolve_device``) with ``models.query_precision``.
+
+    On a 2-core AMD EPYC with AVX512-BF16 (no AMX) bf16 was faster than fp32 for one query too
+    (p50 on one thread: CLIP text 18 vs 28 ms, CLIP image 77 vs 247 ms, MiniLM 8 vs 19 ms;
+    docs/tuning.md), so "auto" keeps the batch precision.
+    """
+    batch = batch or resolve_device(models_cfg)
+    wanted = models_cfg.query_precision
+    if wanted == "auto" or wanted == batch.precision:
+        return batch
+    if wanted == "fp16" and not batch.is_cuda:
+        raise ConfigError("models.query_precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'")
+    return replace(batch, precision=wanted)
+
+
 def cpu_count() -> int:
     """CPUs this process may run on (affinity-aware)."""
     try:
@@ -110,3 +141,35 @@ def configure_threads() -> int:
             torch.set_num_threads(cpu_count())
         _threads_set = torch.get_num_threads()
         return _threads_set
+
+
+@contextlib.contextmanager
+def query_threads(models_cfg: ModelsConfig) -> Iterator[int]:
+    """Run one query's encoding on ``models.query_threads`` torch threads (0: one per core).
+
+    Intra-op threads barely help a batch of one, and when the cores are busy (other queries, an
+    ingest, other processes) their spinning, descheduled workers make the query far slower: on
+    2 cores with 2 busy processes beside it, bf16 CLIP text queries took 101 ms p50 / 127 ms p95
+    on one thread and 887 / 2,611 ms on two, MiniLM 51 / 83 vs 228 / 592 ms (docs/tuning.md).
+    Reference-counted, so overlapping queries in threads restore the previous count only when
+    the last one ends. Yields the thread count in effect.
+    """
+    global _query_users, _query_saved
+    import torch
+
+    wanted = models_cfg.query_threads or cpu_count()
+    with _query_lock:
+        if _query_users == 0:
+            current = torch.get_num_threads()
+            _query_saved = current if current != wanted else None
+            if _query_saved is not None:
+                torch.set_num_threads(wanted)
+        _query_users += 1
+    try:
+        yield torch.get_num_threads()
+    finally:
+        with _query_lock:
+            _query_users -= 1
+            if _query_users == 0 and _query_saved is not None:
+                torch.set_num_threads(_query_saved)
+                _query_saved = None

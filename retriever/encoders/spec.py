@@ -15,7 +15,6 @@ size and a content hash, so two different weight files never look the same.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from retriever.config.env import offline_requested
+from retriever.encoders.fingerprints import sha256_of
 from retriever.errors import ConfigError, ModelLoadError
 
 __all__ = [
@@ -157,7 +157,8 @@ def _abs(text: str) -> Path:
 
 
 def file_fingerprint(path: Path, what: str = "file") -> str:
-    """``name:size:sha256[:12]`` of a file, cached while its size and mtime stay the same."""
+    """``name:size:sha256[:12]`` of a file; the hash of a large file is remembered between processes
+    while its size, mtime, ctime and inode stay the same (``retriever.encoders.fingerprints``)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -166,20 +167,13 @@ def file_fingerprint(path: Path, what: str = "file") -> str:
         raise ModelLoadError(f"cannot read {what} {path}: {exc}. {CLIP_WEIGHTS_HINT}") from exc
     if not os.path.isfile(path):
         raise ModelLoadError(f"{what} {path} is not a regular file. {CLIP_WEIGHTS_HINT}")
-    digest = _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+    digest = _sha256_cached(str(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
     return f"{Path(path).name}:{st.st_size}:{digest[:12]}"
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    except OSError as exc:
-        raise ModelLoadError(f"cannot read {path}: {exc}") from exc
-    return h.hexdigest()
+def _sha256_cached(path: str, size: int, mtime_ns: int, ctime_ns: int, ino: int) -> str:
+    return sha256_of(path, os.stat(path))
 
 
 def read_config_json(path: Path) -> dict:

