@@ -119,6 +119,7 @@ def ask(
     llm: str | BaseChatModel | None = None,
     prompt: str | None = None,
     on_token: Callable[[str], None] | None = None,
+    on_evidence: Callable[[Sequence[Evidence]], None] | None = None,
 ) -> Answer:
     """Answer ``question`` from the store's evidence, with checked citations.
 
@@ -127,7 +128,9 @@ def ask(
     file) overriding ``config.prompt``. ``on_token`` receives the answer text as it is
     produced: a chat model's raw text, with the numbers it was given; ``Answer.text`` is the
     checked version, numbered in order of citation. The extractive answer comes whole, as
-    ``Answer.text``.
+    ``Answer.text``. ``on_evidence`` receives the numbered evidence that the text passed to
+    ``on_token`` cites, before that text: the evidence as given to a streaming model, else the
+    checked answer's (``Answer.evidence``).
     """
     if not isinstance(question, str) or not question.strip():
         raise QueryError(f"ask needs a non-empty question string, got {question!r}")
@@ -142,12 +145,17 @@ def ask(
     if relevant:
         weights = term_weights(searcher, question) if backend.extractive else None
         request = GenerationRequest(question, pack, config, text_encoder, template, weights)
+        if on_evidence is not None and backend.streams:
+            on_evidence(pack.evidence)
         generation = backend.generate(request, on_token if backend.streams else None)
     else:  # nothing relevant: the answer is "not found" and no model is called
         generation = Generation(prompts.NOT_FOUND_TEXT, None)
     answer = _checked(question, generation, pack, backend)
-    if on_token is not None and not (relevant and backend.streams):
-        on_token(answer.text)  # what was not streamed comes whole: the checked answer
+    if not (relevant and backend.streams):  # what was not streamed comes whole: the checked answer
+        if on_evidence is not None:
+            on_evidence(answer.evidence)
+        if on_token is not None:
+            on_token(answer.text)
     return answer
 
 

@@ -92,6 +92,9 @@ _LIST_MARKER = re.compile(r"^\s*(?:[-*•▪●◦]|\d{1,3}[.)])\s+")
 _BULLET = re.compile(r"\s*[•▪●◦]\s+")
 _WORD = re.compile(r"[a-z0-9]+")
 _HEADING = re.compile(r"^ {0,3}#{1,6}\s+\S")
+# a paper's own reference markers ("[12]", "[3, 4]", "[5-7]"): quoted as they are, they would read
+# as citations of this answer's evidence
+_REFERENCE = re.compile(r"\s*\[\d{1,4}(?:\s*[,;\u2013-]\s*\d{1,4})*\]")
 
 
 def split_sentences(text: str, keep_lines: bool = False) -> list[str]:
@@ -186,8 +189,8 @@ def score_sentences(
 
     ``weights``: the question terms' idf in the store (see :func:`question_terms`).
     """
-    rows = [(ev.n, s[:MAX_SENTENCE_CHARS]) for ev in evidence for s in split_sentences(ev.hit.text or "")
-            if _is_statement(s)]
+    rows = [(ev.n, _REFERENCE.sub("", s)[:MAX_SENTENCE_CHARS]) for ev in evidence
+            for s in split_sentences(ev.hit.text or "") if _is_statement(s)]
     if not rows:
         return []
     vecs = np.asarray(encoder.encode_texts([question] + [s for _, s in rows]))

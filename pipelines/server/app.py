@@ -8,6 +8,9 @@ visual hit. Only files that are sources in the store's catalog are ever served, 
 they are what was ingested, and ingest is off unless the app is given directories it may
 ingest from.
 
+At ``/`` the app serves a search-and-ask web page (``pipelines.server.routes.page``) that calls
+this API from the browser; ``POST /ask/stream`` streams answers to it as server-sent events.
+
 The routes live in ``pipelines.server.routes``, one ``APIRouter`` per concern, built for each app.
 Endpoints are plain ``def``: FastAPI runs them in its thread pool, and the engine's read
 side (search, ask, stats) is safe for concurrent callers. Every request is bounded
@@ -34,12 +37,14 @@ from pipelines.engine import Engine
 from pipelines.server.auth import AccessMiddleware
 from pipelines.server.errors import ApiError, install_error_handlers
 from pipelines.server.jobs import JobTable
+from pipelines.server.readiness import Readiness
 from pipelines.server.limits import BodyLimitMiddleware, ServerLimits
 from pipelines.server.links import open_fragment
 from pipelines.server.models import request_models
 from pipelines.server.routes.ask import ask_router
 from pipelines.server.routes.ingest import ingest_router
 from pipelines.server.routes.items import items_router
+from pipelines.server.routes.page import page_router
 from pipelines.server.routes.search import search_router
 from pipelines.server.routes.status import status_router
 from retriever.errors import ConfigError
@@ -53,20 +58,24 @@ class PortInUse(ConfigError):
 
 def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
                limits: ServerLimits | None = None, require_keys: bool = False,
-               cors_origins: Sequence[str] = ()) -> FastAPI:
+               cors_origins: Sequence[str] = (), warm: bool = False) -> FastAPI:
     """The HTTP API over ``engine``; ``POST /ingest`` accepts only paths under ``allow_ingest_under``
     and runs each ingest as a background job (``pipelines.server.jobs``), one at a time.
 
     API keys (``mmrag keys``) are needed once the store has one, or always with ``require_keys``
     (then revoking the last key shuts the API instead of opening it); see ``pipelines.server.auth``.
     Browsers may call it from other origins only when ``cors_origins`` names them (off by default).
+    With ``warm`` the models load in the background at start-up and ``/readyz`` answers 503 until
+    they are warm (``mmrag serve`` does this); without it ``/readyz`` is ready at once.
     """
     allowed = _allowed_dirs(allow_ingest_under)
     limits = limits or ServerLimits()
     jobs = JobTable()
+    readiness = Readiness(engine, warm)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        readiness.start()
         yield
         jobs.stop()
 
@@ -79,11 +88,12 @@ def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
                        require_keys=require_keys)
     install_error_handlers(app)
     models = request_models(limits)
-    app.include_router(status_router(engine))
+    app.include_router(status_router(engine, readiness))
     app.include_router(search_router(engine, limits, models))
     app.include_router(ask_router(engine, models))
     app.include_router(items_router(engine, allowed))
     app.include_router(ingest_router(engine, allowed, models, jobs))
+    app.include_router(page_router())
     _allow_origins(app, cors_origins)
     return app
 
@@ -163,7 +173,7 @@ def run(engine: Engine, host: str = "127.0.0.1", port: int = 8000,
         raise ConfigError("mmrag serve needs uvicorn: pip install 'mmrag[server]'") from None
     sock = sock or bind(host, port)
     app = create_app(engine, allow_ingest_under=allow_ingest_under, limits=limits, require_keys=require_keys,
-                     cors_origins=cors_origins)
+                     cors_origins=cors_origins, warm=True)
     allowed = app.state.allow_ingest_under
     port = sock.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host

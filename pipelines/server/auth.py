@@ -6,10 +6,14 @@
 scope does not cover the endpoint. The key is checked against the catalog on every request,
 so a revoked key stops working at once; the key is never logged or echoed.
 
+The web page's shell (``/`` and its script and style sheet, ``pipelines.server.routes.page``) is
+open too: it holds no data, and it asks the user for a key that it then sends with each call.
+
 Scopes: ``read`` (search, ask, items, stats, the schema), ``ingest`` (read, ``POST /ingest`` and
 the ingest jobs, ``GET /jobs`` and ``GET /jobs/{id}``, which show server paths), ``admin`` (everything). Each key (each client address while the store has no key) gets
 ``ServerLimits.requests_per_minute`` (429 with Retry-After over it), and at most
-``ServerLimits.max_concurrent_asks`` answers are generated at once (503 with Retry-After).
+``ServerLimits.max_concurrent_asks`` answers are generated at once, ``POST /ask`` and
+``POST /ask/stream`` together (503 with Retry-After; a streamed answer counts until its last event).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from retriever.errors import MmragError
 __all__ = ["AccessMiddleware", "Refusal", "needed_scope"]
 
 _RANK = {"read": 0, "ingest": 1, "admin": 2}
-_OPEN_PATHS = frozenset({"/healthz"})
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/", "/static/app.js", "/static/app.css"})
+_ASK_PATHS = frozenset({"/ask", "/ask/stream"})
 _ASK_RETRY_S = 1
 
 
@@ -103,7 +108,7 @@ class AccessMiddleware:
             await send_error(send, 429, f"too many requests: at most {int(self.rate.capacity)} a minute per "
                              f"key or client; retry in {wait} s", "RateLimited", {"Retry-After": str(wait)})
             return
-        if method == "POST" and path == "/ask":
+        if method == "POST" and path in _ASK_PATHS:
             await self._ask(scope, receive, send)
             return
         await self.app(scope, receive, send)

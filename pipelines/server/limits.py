@@ -33,7 +33,7 @@ class ServerLimits:
     """
 
     max_body_bytes: int = 1 << 20  # a JSON body: search, ask, ingest
-    max_upload_bytes: int = 32 << 20  # the image of POST /search/image
+    max_upload_bytes: int = 32 << 20  # the image of POST /search/image, the clip of POST /search/audio
     max_form_overhead_bytes: int = 1 << 20  # the other fields and boundaries of that form
     max_query_chars: int = 2000
     max_k: int = 1000
@@ -42,7 +42,8 @@ class ServerLimits:
     max_ingest_paths: int = 1000
     max_path_chars: int = 4096
     requests_per_minute: int = 600  # per API key (per client address while the API has no keys)
-    max_concurrent_asks: int = 4  # answers being generated at once, over all callers
+    max_concurrent_asks: int = 4  # answers being generated at once (POST /ask and /ask/stream), over all callers
+    max_audio_query_s: int = 120  # the longest clip POST /search/audio transcribes
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -52,7 +53,7 @@ class ServerLimits:
 
     def body_limit(self, path: str) -> int:
         """The most bytes a request body to ``path`` may have."""
-        if path.rstrip("/").endswith("/search/image"):
+        if path.rstrip("/").endswith(("/search/image", "/search/audio")):
             return self.max_upload_bytes + self.max_form_overhead_bytes
         return self.max_body_bytes
 

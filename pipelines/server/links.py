@@ -68,13 +68,18 @@ class Links:
             out["thumbnail_url"] = f"{self.root}/items/{hit.item_id}/thumbnail"
         return out
 
+    def evidence(self, ev: Any) -> dict[str, Any]:
+        """``Evidence.to_dict()`` (numbered evidence of an answer) plus its evidence URLs and version."""
+        entry = ev.to_dict()
+        hit = self.hit(ev.hit)
+        entry.update({k: v for k, v in hit.items() if k.endswith("_url") or k == "source_version"})
+        return entry
+
     def answer(self, answer: Any) -> dict[str, Any]:
         """``Answer.to_dict()`` (the JSON of ``mmrag ask --json``) with the URLs of every citation."""
         data = answer.to_dict()
         for citation, entry in zip(answer.citations, data["citations"], strict=True):
             entry["source_version"] = self.versions.get(citation.source)
             entry["open_url"] = self.open_url(citation.item_id, citation.source, citation.locator)
-        for ev, entry in zip(answer.evidence, data["evidence"], strict=True):
-            hit = self.hit(ev.hit)
-            entry.update({k: v for k, v in hit.items() if k.endswith("_url") or k == "source_version"})
+        data["evidence"] = [self.evidence(ev) for ev in answer.evidence]
         return data

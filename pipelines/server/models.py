@@ -74,6 +74,13 @@ class HealthBody(BaseModel):
     type: str | None = None
 
 
+class ReadyBody(BaseModel):
+    ready: bool
+    status: Literal["warming", "ready", "failed"]
+    models: dict[str, float]  # seconds each model took to load and answer its first query
+    error: str | None = None
+
+
 _DESCRIPTIONS = {
     400: "bad query or input (an engine error that the schema cannot express)",
     401: "an API key is needed (the store has keys): missing, unknown or revoked",

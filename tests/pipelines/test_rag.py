@@ -706,3 +706,18 @@ def test_on_token_errors_propagate_and_backend_errors_become_generation_errors(t
             config=LlmConfig(),
             llm=Boom(messages=iter([])),
         )
+
+
+def test_extractive_answer_drops_the_papers_own_reference_markers(text_encoder, fake_searcher):
+    """A quoted sentence keeps its words but not "[12]" or "[3, 4]": those are the paper's
+    references, and in an answer they would read as (invalid) citations of its evidence."""
+    from pipelines.rag.answer import ask
+
+    text = ("Vitamin D deficiency is associated with lower bone mineral density in older adults [12]. "
+            "Supplementation improved bone density in two trials [3, 4].")
+    answer = ask(fake_searcher([make_hit(21, text, page=1)]), "Does vitamin D deficiency lower bone density?",
+                 text_encoder=text_encoder, config=LlmConfig(), llm=None, k=5)
+    assert answer.found and answer.extractive
+    assert "bone mineral density in older adults" in answer.text
+    assert "[12]" not in answer.text and "[3, 4]" not in answer.text
+    assert answer.invalid_citations == [] and [c.n for c in answer.citations] == [1]

@@ -21,6 +21,7 @@ from fastapi.testclient import TestClient
 from pipelines.engine import Engine
 from pipelines.server.app import create_app, open_fragment
 from pipelines.synthetic import generate
+from pipelines.testing.serve import start_serve, stop
 from retriever.types import Locator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -86,6 +87,19 @@ def test_healthz_and_stats(client: TestClient, engine: Engine) -> None:
     stats = client.get("/stats").json()
     assert health == {"ok": True, "items": stats["items"]} and stats["items"] > 10
     assert stats["sources"] == 10 and set(stats["items_by_modality"]) == {"text", "pdf", "image", "audio"}
+    assert client.get("/readyz").json() == {"ready": True, "status": "ready", "models": {}}  # no warming asked
+
+
+def test_readyz_waits_for_warm_models(engine: Engine) -> None:
+    with TestClient(create_app(engine, warm=True)) as c:
+        assert c.get("/healthz").status_code == 200
+        for _ in range(600):
+            ready = c.get("/readyz")
+            if ready.json()["status"] != "warming":
+                break
+            assert ready.status_code == 503
+            time.sleep(0.1)
+        assert ready.status_code == 200 and set(ready.json()["models"]) == {"clip", "text"}, ready.json()
 
 
 def test_text_search_finds_the_pdf_page_and_opens_the_pdf(client: TestClient) -> None:
@@ -405,40 +419,26 @@ def test_an_unknown_job_is_404(client: TestClient) -> None:
 # ---- mmrag serve -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_mmrag_serve_runs_uvicorn(tmp_path: Path) -> None:
-    port = _free_port()
     env = {**os.environ, "MMRAG_CLIP_MODEL": "none"}
     (tmp_path / "inbox").mkdir()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "serve", "--store", str(tmp_path / "store"), "--port", str(port),
-         "--allow-ingest", str(tmp_path / "inbox")],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-    )
+    log = tmp_path / "serve.log"
+    proc, base = start_serve(tmp_path / "store", log, env=env, timeout_s=60,
+                             args=["--allow-ingest", str(tmp_path / "inbox")])
     try:
-        deadline, health = time.monotonic() + 60, None
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                break
-            except httpx.TransportError:
-                time.sleep(0.2)
-        assert health is not None, proc.stdout.read().decode() if proc.poll() is not None else "no answer in 60 s"
+        health = httpx.get(f"{base}/healthz", timeout=5)
         assert health.status_code == 200 and health.json() == {"ok": True, "items": 0}
+        # alive at once; ready once the text model is loaded and warm (it loads in the background)
+        deadline, ready = time.monotonic() + 120, httpx.get(f"{base}/readyz", timeout=5)
+        assert ready.json()["status"] in ("warming", "ready")
+        while ready.status_code == 503 and ready.json()["status"] == "warming" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            ready = httpx.get(f"{base}/readyz", timeout=5)
+        assert ready.status_code == 200 and ready.json()["ready"] and set(ready.json()["models"]) == {"text"}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    out = proc.stdout.read().decode()
-    assert "serving" in out and f"127.0.0.1:{port}" in out, out
+        stop(proc)
+    out = log.read_text()
+    assert "serving" in out and base.removeprefix("http://") in out, out
 
 
 def test_mmrag_serve_on_a_busy_port_exits_2_before_opening_the_store(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from pipelines.server.auth import AccessMiddleware
 from pipelines.server.limits import ServerLimits
 from pipelines.synthetic import generate
 from retriever.catalog.api_keys import key_digest
-from retriever.config import Config
+from retriever.config import Config, eval_data_dir
 from retriever.store import Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +70,7 @@ def _requests(engine: Engine, corpus: dict[str, Path]) -> list[tuple[str, str, d
     text_id = next(r.id for r in items if not r.thumbnail)
     visual_id = next(r.id for r in items if r.thumbnail)
     image = corpus["image"].read_bytes()
+    speech = (eval_data_dir() / "audio" / "jfk.flac").read_bytes()
     return [
         ("GET", "/stats", {}, "read"),
         ("GET", "/openapi.json", {}, "read"),
@@ -77,6 +78,8 @@ def _requests(engine: Engine, corpus: dict[str, Path]) -> list[tuple[str, str, d
         ("POST", "/search", {"json": {"text": "chain"}}, "read"),
         ("POST", "/search/image", {"files": {"image": ("s.png", io.BytesIO(image), "image/png")}}, "read"),
         ("POST", "/ask", {"json": {"question": "how do I oil a chain?"}}, "read"),
+        ("POST", "/ask/stream", {"json": {"question": "how do I oil a chain?"}}, "read"),
+        ("POST", "/search/audio", {"files": {"audio": ("jfk.flac", io.BytesIO(speech), "audio/flac")}}, "read"),
         ("GET", f"/items/{text_id}/open", {}, "read"),
         ("GET", f"/items/{visual_id}/thumbnail", {}, "read"),
         ("POST", "/ingest", {"json": {"paths": [str(corpus["inbox"])]}}, "ingest"),

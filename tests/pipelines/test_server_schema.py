@@ -7,8 +7,9 @@ schema allows is not refused as malformed, one it forbids is refused.
 
 ``POST /ingest`` runs with ingest off (every valid request is a 403; nothing is written), so
 ``GET /jobs`` lists no job and ``GET /jobs/{job_id}`` is a 404.
-For ``POST /search/image`` the check that valid requests are accepted is off: the schema can
-say "a file", not "a decodable image", so a random upload is rightly a 400.
+For ``POST /search/image`` and ``POST /search/audio`` the check that valid requests are accepted is
+off: the schema can say "a file", not "a decodable image" or "a clip with speech", so a random
+upload is rightly a 400.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ def _config() -> schemathesis.Config:
         "generation": {"max-examples": MAX_EXAMPLES, "deterministic": True},
         "phases": {"stateful": {"enabled": False}},
         "checks": {"positive_data_acceptance": {"expected-statuses": ACCEPTED}},
-        "operations": [{"include-path": "/search/image",
-                        "checks": {"positive_data_acceptance": {"enabled": False}}}],
+        "operations": [{"include-path": path, "checks": {"positive_data_acceptance": {"enabled": False}}}
+                       for path in ("/search/image", "/search/audio")],
     })
 
 
@@ -80,7 +81,7 @@ def test_the_server_conforms_to_its_schema(engine: Engine) -> None:
     failures, errors, cases = _run(schema)
     assert not errors, "\n".join(errors)
     assert not failures, f"{len(failures)} failure(s):\n" + "\n\n".join(failures)
-    operations = {"GET /healthz", "GET /stats", "GET /search", "POST /search", "POST /search/image",
-                  "POST /ask", "GET /items/{item_id}/open", "GET /items/{item_id}/thumbnail", "POST /ingest",
-                  "GET /jobs", "GET /jobs/{job_id}"}
+    operations = {"GET /healthz", "GET /readyz", "GET /stats", "GET /search", "POST /search", "POST /search/image",
+                  "POST /search/audio", "POST /ask", "POST /ask/stream", "GET /items/{item_id}/open",
+                  "GET /items/{item_id}/thumbnail", "POST /ingest", "GET /jobs", "GET /jobs/{job_id}"}
     assert set(cases) == operations and all(n >= 1 for n in cases.values()), cases
