@@ -13,7 +13,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from indexers.ingest.pipeline import IngestReport
+    from indexers.ingest.commit import IngestReport
     from pipelines.engine import Engine
     from pipelines.rag.evidence import Answer
     from retriever.config import Config
@@ -27,7 +27,7 @@ _HOMES = {
     "Config": "retriever.config",
     "Engine": "pipelines.engine",
     "Hit": "retriever.types",
-    "IngestReport": "indexers.ingest.pipeline",
+    "IngestReport": "indexers.ingest.commit",
     "MmragError": "retriever.errors",
 }
 

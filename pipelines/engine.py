@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
-from indexers.ingest.pipeline import IngestPipeline, IngestReport
-from indexers.registry import Registry, default_registry
+from indexers.registry import Registry
 from pipelines.arguments import (
     existing_paths,
     item_id_arg,
@@ -43,6 +42,7 @@ from retriever.types import Hit, Modality
 
 if TYPE_CHECKING:
     from indexers.av.transcribe import SpeechToText
+    from indexers.ingest.commit import IngestReport
     from langchain_core.language_models import BaseChatModel
 
     from retriever.maintenance.repair import RepairReport
@@ -93,7 +93,7 @@ class Engine:
                                 f"{type(store).__name__} and {type(config).__name__}; use Engine.open(path)")
         self.store = store
         self.config = adopt_store_models(store, config)
-        self.registry = registry or default_registry()
+        self._registry = registry  # the default one is built on first use: a search needs no ingestor
         self._models = EngineModels(self.config, clip=clip, text=text, transcriber=transcriber)
         self._closed = False
         self.store.check_models(self._models.wanted())
@@ -171,6 +171,15 @@ class Engine:
         return self._models.transcriber
 
     # ---- write side ---------------------------------------------------------
+    @property
+    def registry(self) -> Registry:
+        """The ingestors, by content type (the default registry unless one was given)."""
+        if self._registry is None:
+            from indexers.registry import default_registry
+
+            self._registry = default_registry()
+        return self._registry
+
     def ingest(
         self,
         paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -178,20 +187,25 @@ class Engine:
         progress: Callable[[str, int, int], None] | None = None,
         *,
         within: Sequence[str | os.PathLike[str]] | None = None,
+        executor: str | None = None, ray_address: str | None = None,
     ) -> IngestReport:
         """Ingest one path or a list of files and directories (recursively). Unchanged files are skipped.
 
         A path that does not exist is an ``InputNotFound`` error before anything is written.
         ``within`` confines the run: files (symlink targets included) that resolve outside
-        those directories are skipped.
+        those directories are skipped. ``executor``: ``"local"`` (threads here) or ``"ray"`` (Ray Data on
+        ``ray_address``, or a local cluster); defaults: ``ingest.executor``, ``ingest.ray_address``.
         """
         self._check_open()
         items = existing_paths(paths, "Engine.ingest")
         confine = [Path(d) for d in path_list(within, "Engine.ingest(within=...)")] if within is not None else None
         with self.store.write_lock(self.config.ingest.lock_wait_s):
+            from indexers.ingest.pipeline import IngestPipeline
+
             pipe = IngestPipeline(
                 self.store, self.registry, self.clip_encoder, self.text_encoder, self.config,
                 progress=progress, transcriber=self._models.transcriber_or_none(),
+                executor=executor, ray_address=ray_address,
             )
             report = pipe.run(items, prune=prune, within=confine)
             if self.store.catalog.counts()["items"]:
@@ -322,8 +336,7 @@ class Engine:
         return item_id not in self.items([item_id]) and item_id < self.store.catalog.max_item_id()
 
     def source_hashes(self, uris: Iterable[str]) -> dict[str, str | None]:
-        """The content hash of each of ``uris`` that is a source of the store: the version of its
-        evidence, which changes when the file is re-ingested with other content."""
+        """The content hash (the evidence's version) of each of ``uris`` that is a source of the store."""
         self._check_open()
         return self.store.catalog.source_hashes(uris)
 
@@ -375,21 +388,13 @@ class Engine:
 
     def stats(self) -> dict[str, Any]:
         """What the store holds (the JSON of ``mmrag stats --json``)."""
-        self._check_open()
-        counts = self.store.catalog.counts()
-        failed = [{"uri": s.uri, "reason": s.error} for s in self.store.catalog.sources(status="failed")]
-        self.store.sync()
-        return {
-            "store": str(self.store.root),
-            "catalog": self.store.catalog.safe_url,
-            "spaces": {name: self._space_stats(name, info.model_id, info.dim)
-                       for name, info in self.store.spaces().items()},
-            "bm25_docs": len(self.store.bm25()),
-            **counts,
-            "failed": failed,
-        }
+        from retriever.stats import store_stats
 
-    def _space_stats(self, name: str, model_id: str, dim: int) -> dict[str, Any]:
-        space = self.store.space(name)
-        return {"model": model_id, "dim": dim, "vectors": len(space) if space is not None else 0,
-                "index": getattr(space.index, "kind", None) if space else None}
+        self._check_open()
+        return store_stats(self.store)
+
+    def warm(self) -> dict[str, float]:
+        """Load the models a query uses and run one tiny query through each; seconds per model
+        (``mmrag serve`` does this before ``/readyz`` says ready)."""
+        self._check_open()
+        return self._models.warm()

@@ -31,7 +31,7 @@ from retriever.catalog import Catalog
 from retriever.config import Config
 from retriever.errors import StoreError, StoreMismatchError
 from retriever.index.atomic import atomic_write_bytes
-from retriever.index.base import IndexTarget
+from retriever.index.base import IndexBackend, IndexTarget
 from retriever.index.registry import backend_for
 from retriever.index.spaces import DenseSpace, LexicalSpace, catalog_head
 from retriever.lock import hold_write_lock
@@ -76,20 +76,25 @@ class Store:
         self.manifest_path = self.root / "manifest.json"
         self.lock_path = self.root / "write.lock"
         self._manifest_sig: tuple[int, int] | None = None
-        self.manifest = self._read_manifest()
         self.catalog = Catalog.for_store(self.root, config.catalog_url)
+        self.manifest = self._read_manifest()
         self.catalog.on_media_deleted = self._delete_media
         self.dense: dict[str, DenseSpace] = {}
         self.lexical = LexicalSpace(self.index_dir, self.catalog, config.index.bm25_refresh_s)
         self._lexical_open = False
         self._lock = threading.RLock()
+        self._write_depth = 0  # > 0 while this process holds the write lock
+        self._backend: IndexBackend | None = None
         if self.manifest.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
             self._upgrade_v1()
 
     # ---- manifest -----------------------------------------------------------
     def _read_manifest(self) -> dict[str, Any]:
+        """The manifest file; without one, the copy in the catalog (a second machine that shares
+        only the catalog and a Milvus with the writer's machine has no store files of its own)."""
         if not self.manifest_path.exists():
-            return {}
+            self._manifest_sig = None
+            return self.catalog.get_meta("manifest") or {}
         try:
             self._manifest_sig = _signature(self.manifest_path)
             data = json.loads(self.manifest_path.read_text())
@@ -140,10 +145,13 @@ class Store:
         with self._writing("the manifest"):
             atomic_write_bytes(self.manifest_path, json.dumps(self.manifest, indent=2, sort_keys=True).encode())
         self._manifest_sig = _signature(self.manifest_path)
+        if not self.catalog.read_only:
+            self.catalog.set_meta("manifest", self.manifest)
 
     def _refresh_manifest(self) -> None:
         """Re-read the manifest if another process changed it (a reader opened before the first ingest)."""
-        if _signature(self.manifest_path) != self._manifest_sig:
+        sig = _signature(self.manifest_path)
+        if sig is None or sig != self._manifest_sig:
             with self._lock:
                 self.manifest = self._read_manifest()
 
@@ -214,9 +222,27 @@ class Store:
 
     def _discard_index(self, name: str) -> None:
         """Forget the persisted index of dense space ``name`` (rebuilt from the catalog when next opened)."""
-        target = IndexTarget(name, 0, self.index_dir, self.config.index)
         with self._writing("the indexes"):
-            backend_for(self.config.index).discard(target)
+            self.index_backend().discard(self.index_target(name, 0))
+
+    def index_backend(self) -> IndexBackend:
+        """The vector-index backend ``index.backend`` names (made once per store)."""
+        with self._lock:
+            if self._backend is None:
+                self._backend = backend_for(self.config.index)
+            return self._backend
+
+    def index_target(self, name: str, dim: int) -> IndexTarget:
+        """Where dense space ``name`` keeps its index; a shared backend's collections are named from
+        the catalog's store id, so every machine on this catalog finds the same ones."""
+        shared = bool(getattr(self.index_backend(), "shared", False))
+        return IndexTarget(name, dim, self.index_dir, self.config.index, self.catalog.store_id() if shared else "")
+
+    def make_space(self, name: str, dim: int, *, writes: bool = True) -> DenseSpace:
+        """A dense space, not opened; writes a shared index only under the write lock and ``writes``."""
+        target = self.index_target(name, dim)
+        return DenseSpace(name, dim, self.index_dir, self.catalog, self.config.index, self.index_backend(),
+                          store_id=target.store_id, writer=(lambda: self._write_depth > 0) if writes else None)
 
     def recorded_models(self) -> dict[str, Any]:
         """The model settings the store was built with (``models.clip``, ``models.text``, ``models.clip_texts``).
@@ -259,7 +285,7 @@ class Store:
                 info = self.spaces().get(name)
                 if info is None:
                     return None
-                space = DenseSpace(name, info.dim, self.index_dir, self.catalog, self.config.index)
+                space = self.make_space(name, info.dim)
                 space.open()
                 self.dense[name] = space
             return self.dense[name]
@@ -324,20 +350,21 @@ class Store:
     def write_lock(self, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the store's cross-process write lock; readers never take it.
 
-        ``wait_s`` > 0 waits that long (for both locks together) for another writer to finish;
-        0 fails at once. The file lock in the store directory comes first, for every catalog: it
-        keeps writers of this directory (its indexes, media, manifest) apart, names a local
-        holder by pid, and is what ``verify`` checks. A PostgreSQL catalog is shared by store
-        directories on other machines, which that file never reaches, so its advisory lock
-        (``CatalogBase.writer_lock``) is taken next; SQLite needs nothing more, its catalog
-        being a file in this directory.
+        ``wait_s`` > 0 waits that long (for both locks together) for another writer; 0 fails at
+        once. The file lock in the store directory comes first (it keeps writers of this directory
+        apart and names a local holder by pid); a PostgreSQL catalog, which store directories on
+        other machines share, adds its advisory lock (``CatalogBase.writer_lock``).
         """
         deadline = time.monotonic() + max(0.0, wait_s)
         with (
             hold_write_lock(self.lock_path, self.root, wait_s),
             self.catalog.writer_lock(self.root, max(0.0, deadline - time.monotonic())),
         ):
-            yield
+            self._write_depth += 1
+            try:
+                yield
+            finally:
+                self._write_depth -= 1
 
     # ---- media --------------------------------------------------------------
     def media_path(self, kind: str, item_id: int) -> Path:

@@ -16,6 +16,7 @@ import hashlib
 import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
@@ -24,7 +25,7 @@ from urllib.parse import quote
 from sqlalchemy import create_engine, delete, event, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as SqlEngine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -225,6 +226,20 @@ class CatalogBase:
         with self.session() as s:
             row = s.get(MetaRow, key)
             return dict(row.value) if row else None
+
+    def store_id(self) -> str:
+        """The store's id: 12 hex digits made once, kept in the catalog (names server-side indexes,
+        so several stores share one Milvus and every machine on one catalog finds the same ones)."""
+        got = self.get_meta("store")
+        if got is None and not self.read_only:
+            with contextlib.suppress(IntegrityError):  # another process made it first: read theirs
+                with self.transaction() as s:
+                    if s.get(MetaRow, "store") is None:
+                        s.add(MetaRow(key="store", value={"id": uuid.uuid4().hex[:12]}))
+            got = self.get_meta("store")
+        if got is None or not str(got.get("id", "")).isalnum():
+            raise StoreError(f"catalog {self.safe_url} has no store id and is read-only; open it once with write access")
+        return str(got["id"])
 
     def set_meta(self, key: str, value: Mapping[str, Any]) -> None:
         with self.transaction() as s:

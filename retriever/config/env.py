@@ -37,6 +37,8 @@ SETTING_VARS: Mapping[str, str] = {
     "MMRAG_PRECISION": "models.precision",
     "MMRAG_INDEX": "index.kind",
     "MMRAG_INDEX_BACKEND": "index.backend",
+    "MMRAG_MILVUS_URI": "index.milvus_uri",
+    "MMRAG_MILVUS_TOKEN": "index.milvus_token",
     "MMRAG_WHISPER_MODEL": "audio.whisper_model",
     "MMRAG_PDF_PASSWORDS": "pdf.passwords",
     "MMRAG_LLM": "llm.spec",

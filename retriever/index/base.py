@@ -9,11 +9,18 @@ backend that keeps its data on a server (Milvus) fits as well as FAISS files in 
 * ``covered_seq()`` is the change-log position its durable state covers, and ``persist(seq)``
   makes the current contents durable as covering ``seq``. The space never writes files.
 
+A backend whose index lives on a server that every process shares (Milvus) sets
+``shared = True`` on its indexes: only the process holding the store's write lock writes to
+it (readers search it as it is, never replaying the log into it), and its adds are upserts, so
+replaying a change twice after a crash changes nothing. Such an index may also keep the fields
+mmrag filters on beside each vector (``FilterableIndex``), so a filtered search runs inside it.
+
 Every backend passes the contract tests in ``retriever.index.testing``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -22,7 +29,7 @@ import numpy as np
 
 from retriever.config import IndexConfig
 
-__all__ = ["IndexBackend", "IndexTarget", "VectorIndex"]
+__all__ = ["FilterableIndex", "IndexBackend", "IndexFilter", "IndexTarget", "ItemFields", "VectorIndex"]
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,36 @@ class IndexTarget:
     dim: int
     directory: Path
     config: IndexConfig
+    store_id: str = ""  # the catalog's store id: names a server backend's collections (several stores
+    #                     share one server); empty for targets of no store (contract tests, benches)
+
+
+@dataclass(frozen=True)
+class ItemFields:
+    """What a ``FilterableIndex`` keeps beside a vector: the catalog fields searches filter on."""
+
+    modality: str
+    kind: str
+    source_id: int
+    source_uri: str
+    source_display: str
+
+
+@dataclass(frozen=True)
+class IndexFilter:
+    """A filter a ``FilterableIndex`` applies inside its search (empty tuples: no condition).
+
+    ``source_glob`` is an ``fnmatch`` pattern on the source's URI or display name; a backend that
+    cannot express a pattern exactly leaves it out (``search_where`` then returns candidates that
+    the caller's own filter, applied to every hit anyway, narrows down).
+    """
+
+    modalities: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    source_glob: str | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.modalities or self.kinds or self.source_glob)
 
 
 @runtime_checkable
@@ -99,6 +136,19 @@ class VectorIndex(Protocol):
         Crash-safe: after a crash the index opens as either the old or the new state, each with
         the position it really covers.
         """
+        ...
+
+
+@runtime_checkable
+class FilterableIndex(VectorIndex, Protocol):
+    """A vector index that keeps ``ItemFields`` per vector and filters inside its searches."""
+
+    def add_items(self, ids: np.ndarray, vectors: np.ndarray, fields: Sequence[ItemFields]) -> None:
+        """``add`` with each vector's fields (``fields[i]`` belongs to ``ids[i]``)."""
+        ...
+
+    def search_where(self, queries: np.ndarray, k: int, where: IndexFilter) -> tuple[np.ndarray, np.ndarray]:
+        """``search`` over the vectors whose fields pass ``where``."""
         ...
 
 

@@ -28,6 +28,7 @@ from retriever.index.base import IndexTarget
 from retriever.index.faiss_kinds import (
     build_faiss_index,
     choose_kind,
+    gpus_for,
     ivf_lists,
     keeps_exact_vectors,
     untrained_storage,
@@ -48,8 +49,8 @@ class FaissIndex:
                  directory: Path | None = None, name: str | None = None) -> None:
         self.dim = int(dim)
         self.cfg = cfg
-        self._kind = kind or choose_kind(cfg, n_hint)
-        self._index = build_faiss_index(self._kind, self.dim, cfg, n_hint)
+        self._kind = kind or choose_kind(cfg, n_hint, self.dim)
+        self._index = build_faiss_index(self._kind, self.dim, cfg, n_hint, storage=_host_storage(cfg, self._kind))
         self._tombstones: set[int] = set()
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []  # untrained IVF: held until trainable
         self._gpu: faiss.Index | None = None
@@ -153,7 +154,7 @@ class FaissIndex:
         return np.asarray(got, dtype=np.int64), matrix
 
     def needs_rebuild(self) -> bool:
-        return choose_kind(self.cfg, self.count()) != self._kind or self.needs_compaction
+        return choose_kind(self.cfg, self.count(), self.dim) != self._kind or self.needs_compaction
 
     def covered_seq(self) -> int:
         return self._covered
@@ -291,17 +292,25 @@ class FaissIndex:
             self._pending = []
 
     def _search_index(self) -> faiss.Index:
-        if self.cfg.use_gpu == "never" or faiss.get_num_gpus() == 0 or self._kind.lower() == "hnsw":
+        if gpus_for(self.cfg) == 0 or self._kind.lower() == "hnsw":
             return self._index
         if self._gpu is None:  # pragma: no cover - needs a GPU build of faiss (tests marked gpu)
+            options = faiss.GpuMultipleClonerOptions()
+            options.useFloat16 = self.cfg.storage != "fp32"  # a flat kept as float32 here, fp16 on the card
             try:
-                self._gpu = faiss.index_cpu_to_all_gpus(self._index)
+                self._gpu = faiss.index_cpu_to_all_gpus(self._index, co=options)
             except RuntimeError:  # a storage the GPU build does not implement: stay on the CPU
                 return self._index
         return self._gpu
 
 
 FaissStore = FaissIndex  # the name scripts and tests that save and load index files use
+
+
+def _host_storage(cfg: IndexConfig, kind: str) -> str | None:
+    """The storage of the CPU-side index: a flat searched on a GPU is kept as float32 (the GPU
+    build clones a float flat, not a scalar-quantised one, and halves it to fp16 on the card)."""
+    return "fp32" if kind.lower() == "flat" and gpus_for(cfg) > 0 else None
 
 
 class FaissBackend:

@@ -16,7 +16,7 @@ import faiss
 from retriever.config import IndexConfig
 from retriever.errors import ConfigError
 
-__all__ = ["EXACT_KINDS", "build_faiss_index", "choose_kind", "ivf_lists", "keeps_exact_vectors",
+__all__ = ["EXACT_KINDS", "build_faiss_index", "choose_kind", "gpus_for", "ivf_lists", "keeps_exact_vectors",
            "untrained_storage"]
 
 _STORAGE = {"fp16": "QT_fp16", "bf16": "QT_bf16", "sq8": "QT_8bit"}  # "fp32": plain float vectors
@@ -24,11 +24,24 @@ EXACT_KINDS = ("flat", "hnsw")  # kinds that keep each vector as such (IVF-PQ an
 _LOSSLESS_STORAGE = ("fp32", "fp16")  # lossless for the catalog's float16 vectors
 
 
-def choose_kind(cfg: IndexConfig, n: int) -> str:
-    """The index kind for ``n`` vectors under ``cfg`` ("auto" picks by size)."""
+def gpus_for(cfg: IndexConfig) -> int:
+    """How many GPUs the indexes of ``cfg`` search on: faiss's count unless ``index.use_gpu`` is "never"."""
+    return 0 if cfg.use_gpu == "never" else int(faiss.get_num_gpus())
+
+
+def choose_kind(cfg: IndexConfig, n: int, dim: int = 512, gpus: int | None = None) -> str:
+    """The index kind for ``n`` vectors of ``dim`` under ``cfg`` ("auto" picks by size and device).
+
+    On the CPU: exact (flat) below ``index.flat_threshold``, HNSW from there. When faiss sees a
+    GPU (``gpus``, default ``gpus_for(cfg)``): HNSW has no GPU implementation, so exact search on
+    the GPU while the float32 vectors fit ``index.gpu_flat_max_bytes``, and IVF (its GPU version)
+    beyond; both remove ids, and the GPU copy is re-made after a change.
+    """
     kind = cfg.kind.strip()
     if kind.lower() != "auto":
         return kind
+    if (gpus_for(cfg) if gpus is None else gpus) > 0:
+        return "flat" if n * dim * 4 <= cfg.gpu_flat_max_bytes else "ivf"
     return "flat" if n < cfg.flat_threshold else "hnsw"
 
 

@@ -2,7 +2,7 @@
 
 A backend is registered as a factory ``IndexConfig -> IndexBackend`` that imports its
 library when called, so registering costs nothing and a backend whose library is missing
-fails only when chosen. ``faiss`` is built in; another backend (a Milvus client, say)
+fails only when chosen. ``faiss`` and ``milvus`` are built in; another backend
 registers itself with ``register_backend("milvus", factory)`` and passes the contract tests
 of ``retriever.index.testing``.
 """
@@ -27,7 +27,13 @@ def _faiss(cfg: IndexConfig) -> IndexBackend:
     return FaissBackend()
 
 
-_BACKENDS: dict[str, BackendFactory] = {"faiss": _faiss}
+def _milvus(cfg: IndexConfig) -> IndexBackend:
+    from retriever.index.milvus_index import MilvusBackend
+
+    return MilvusBackend(cfg)
+
+
+_BACKENDS: dict[str, BackendFactory] = {"faiss": _faiss, "milvus": _milvus}
 _LOCK = threading.Lock()
 
 

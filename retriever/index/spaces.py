@@ -9,8 +9,10 @@ reader does, so the index always holds the float16 vectors the catalog holds.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ import numpy as np
 from retriever.catalog import Catalog
 from retriever.config import IndexConfig
 from retriever.errors import StoreError
-from retriever.index.base import IndexBackend, IndexTarget, VectorIndex
+from retriever.index.base import FilterableIndex, IndexBackend, IndexFilter, IndexTarget, ItemFields, VectorIndex
 from retriever.index.bm25 import Bm25Index
 from retriever.index.registry import backend_for
 from retriever.types import Space
@@ -39,41 +41,69 @@ class DenseSpace:
     """
 
     def __init__(self, name: str, dim: int, directory: Path, catalog: Catalog, cfg: IndexConfig,
-                 backend: IndexBackend | None = None) -> None:
+                 backend: IndexBackend | None = None, *, store_id: str = "",
+                 writer: Callable[[], bool] | None = None) -> None:
         self.name, self.dim, self.directory, self.catalog, self.cfg = name, dim, directory, catalog, cfg
         self.backend = backend if backend is not None else backend_for(cfg)
-        self.target = IndexTarget(name, dim, directory, cfg)
+        self.target = IndexTarget(name, dim, directory, cfg, store_id)
         self.index: VectorIndex | None = None
         self.seq = 0
         self.saved_seq = -1
         self._lock = threading.RLock()
+        # an index on a server that every process shares is written by the write-lock holder only;
+        # ``writer`` says whether this process holds it now (None: never)
+        self.shared = bool(getattr(self.backend, "shared", False))
+        self._writer = writer
+        self._as_writer: bool | None = None  # the role the shared index was last opened in
+        self._followed = -2  # a shared reader: the catalog head when it last re-read the index state
+
+    def may_write(self) -> bool:
+        """Whether this process writes the index: always for a private one, else when holding the lock."""
+        return not self.shared or (self._writer is not None and self._writer())
 
     def open(self) -> None:
         """Open the persisted index (or rebuild it from the catalog) and replay the log."""
         with self._lock:
+            self._as_writer = self.may_write()
             try:
                 loaded = self.backend.open(self.target)
             except StoreError:
+                if not self._as_writer:
+                    raise  # a reader of a shared index cannot rebuild it: say what is wrong
                 loaded = None  # unreadable cache: rebuilt below from the durable vectors
-            if loaded is not None and loaded.dim == self.dim and loaded.covered_seq() >= self.catalog.log_floor():
+            usable = loaded is not None and loaded.dim == self.dim
+            if usable and loaded is not None and (loaded.covered_seq() >= self.catalog.log_floor()
+                                                  or not self._as_writer):
                 self.index, self.seq = loaded, loaded.covered_seq()
                 self.saved_seq = self.seq
-            else:
+            elif self._as_writer:
                 self.rebuild()
+            else:  # a shared index no writer has made yet: nothing to search until one does
+                self.index, self.seq = None, -1
+            self._followed = catalog_head(self.catalog)
             self.sync()
 
     def rebuild(self) -> None:
         """A fresh index from the catalog's durable vectors (no re-encoding)."""
         with self._lock:
+            if not self.may_write():
+                raise StoreError(f"space '{self.name}' lives on a shared index server; only the writer "
+                                 "(the holder of the store's write lock) rebuilds it")
             head = catalog_head(self.catalog)
             index = self.backend.create(self.target, n_hint=len(self.catalog.item_ids(self.name)))
             for ids, vecs in self.catalog.iter_vectors(self.name):
-                index.add(ids, vecs)
+                self._add(index, ids, vecs)
             self.index, self.seq, self.saved_seq = index, head, -1
 
     def sync(self) -> int:
         """Apply catalog changes newer than this index; returns how many were applied."""
         with self._lock:
+            if self.shared and self._as_writer is not None and self._as_writer != self.may_write():
+                self.open()  # the role changed: a new writer replays from the durable position
+                return 0
+            if self.shared and not self._as_writer:
+                self._follow()
+                return 0
             if self.index is None or self.seq < self.catalog.log_floor():
                 self.open()  # not opened yet, or the log was truncated past us: reload
                 return 0
@@ -83,6 +113,17 @@ class DenseSpace:
             self._apply(self.index, changes)
             self.seq = changes[-1][0]
             return len(changes)
+
+    def _follow(self) -> None:
+        """A reader of a shared index: re-read which index is current when the catalog moved."""
+        head = catalog_head(self.catalog)
+        if head == self._followed:
+            return
+        with contextlib.suppress(StoreError):  # keep searching the one we have
+            loaded = self.backend.open(self.target)
+            if loaded is not None and loaded.dim == self.dim:
+                self.index, self.seq = loaded, loaded.covered_seq()
+        self._followed = head
 
     def _apply(self, index: VectorIndex, changes: list[tuple[int, str, int]]) -> None:
         last_op: dict[int, str] = {}
@@ -96,16 +137,38 @@ class DenseSpace:
             ids, vecs = self.catalog.vectors(self.name, added)
             if not len(ids):  # none of them has a vector in this space (e.g. images in the text space)
                 return
-            present = index.ids()
-            fresh = ~np.isin(ids, present) if len(present) else np.ones(len(ids), dtype=bool)
-            index.add(ids[fresh], vecs[fresh])
+            if not self.shared:  # a shared index upserts: adding an id again changes nothing
+                present = index.ids()
+                fresh = ~np.isin(ids, present) if len(present) else np.ones(len(ids), dtype=bool)
+                ids, vecs = ids[fresh], vecs[fresh]
+            self._add(index, ids, vecs)
 
-    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _add(self, index: VectorIndex, ids: np.ndarray, vecs: np.ndarray) -> None:
+        """Add vectors, with the catalog fields of their items where the index filters on them."""
+        if not isinstance(index, FilterableIndex):
+            index.add(ids, vecs)
+            return
+        records = self.catalog.items(ids.tolist())
+        keep = np.fromiter((int(i) in records for i in ids), dtype=bool, count=len(ids))
+        ids, vecs = ids[keep], vecs[keep]  # an item removed meanwhile: its "del" comes next
+        fields = [ItemFields(r.modality.value, r.kind, r.source_id, r.source_uri, r.source_display)
+                  for r in (records[int(i)] for i in ids)]
+        index.add_items(ids, vecs, fields)
+
+    def search(self, query: np.ndarray, k: int, where: IndexFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The index's top ``k``; ``where`` is applied inside an index that filters (else ignored:
+        the caller filters every hit anyway)."""
         with self._lock:
             index = self.index
         if index is None:
             return np.zeros((1, 0), np.float32), np.zeros((1, 0), np.int64)
+        if where and isinstance(index, FilterableIndex):
+            return index.search_where(query, k, where)
         return index.search(query, k)
+
+    def filters(self) -> bool:
+        """Whether searches of this space can filter inside the index."""
+        return isinstance(self.index, FilterableIndex)
 
     def maintain(self) -> None:
         """Rebuild when the index asks for it (its kind no longer fits its size, tombstones pile up)."""
@@ -116,7 +179,7 @@ class DenseSpace:
     def save(self) -> None:
         """Make the index durable as covering ``seq`` (nothing to do when it already is)."""
         with self._lock:
-            if self.index is not None and self.seq != self.saved_seq:
+            if self.index is not None and self.seq != self.saved_seq and self.may_write():
                 self.index.persist(self.seq)
                 self.saved_seq = self.seq
 

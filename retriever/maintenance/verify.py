@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from retriever.errors import StoreError
-from retriever.index.base import IndexTarget, VectorIndex
+from retriever.index.base import VectorIndex
 from retriever.index.bm25 import Bm25Index
 from retriever.index.spaces import DenseSpace, catalog_head
 from retriever.lock import write_lock_held
@@ -72,7 +72,7 @@ def verify(
 def _check_manifest(store: Store, spaces: set[str], counts: dict[str, Any]) -> list[Problem]:
     out = []
     with_vectors = set(counts.get("vectors_by_space", {}))
-    if counts.get("items") and not store.manifest_path.exists():
+    if counts.get("items") and not store.manifest_path.exists() and not store.catalog.get_meta("manifest"):
         out.append(Problem("manifest_missing", ERROR, f"{store.manifest_path} is missing but the catalog has items",
                            path=str(store.manifest_path)))
     for name in sorted(with_vectors - spaces):
@@ -90,7 +90,7 @@ def _check_persisted(store: Store, space: DenseSpace) -> list[Problem]:
     """The persisted index of ``space`` alone: readable, of the right size, covering a usable position."""
     name, dim = space.name, space.dim
     try:
-        persisted = space.backend.open(IndexTarget(name, dim, store.index_dir, store.config.index))
+        persisted = space.backend.open(space.target)
     except StoreError as exc:
         return [Problem("index_unreadable", ERROR, str(exc), name, path=str(store.index_dir))]
     if persisted is None:
@@ -120,7 +120,7 @@ def _position_problems(store: Store, name: str, dim: int, persisted: VectorIndex
 
 def _check_dense(store: Store, name: str, dim: int, counts: dict[str, Any], max_checks: int) -> list[Problem]:
     """The persisted index, replayed like a reader replays it, against the catalog's vectors."""
-    space = DenseSpace(name, dim, store.index_dir, store.catalog, store.config.index)
+    space = store.make_space(name, dim, writes=False)
     out = _check_persisted(store, space)
     space.open()  # what a reader gets: the persisted index plus the replayed log (or a rebuild)
     index = space.index

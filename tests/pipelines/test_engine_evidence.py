@@ -76,7 +76,7 @@ def test_public_api_is_one_lazy_import() -> None:
                           check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["[]", "pipelines.engine", "retriever.types", "pipelines.rag.evidence",
-                                   "indexers.ingest.pipeline", "Config", "True"]
+                                   "indexers.ingest.commit", "Config", "True"]
     with pytest.raises(AttributeError, match="public API is"):
         import pipelines
 

@@ -61,6 +61,20 @@ def test_a_change_drops_the_gpu_clone_and_searches_see_it(faiss_gpu: None) -> No
     assert index.uses_gpu() and not set(got.ravel().tolist()) & set(range(10))
 
 
+def test_auto_kind_on_a_gpu_is_flat_then_ivf_and_removes_work(faiss_gpu: None) -> None:
+    vecs, ids = unit_vectors(6000, 64, seed=4), np.arange(6000, dtype=np.int64)
+    small = FaissIndex(64, IndexConfig(), n_hint=len(ids))  # fits the default budget: exact on the GPU
+    big = FaissIndex(64, IndexConfig(gpu_flat_max_bytes=64 * 4 * 1000, ivf_nprobe=64), n_hint=len(ids))
+    assert (small.kind, big.kind) == ("flat", "ivf")
+    for index in (small, big):
+        index.add(ids, vecs)
+        _, got = index.search(vecs[:50], 5)
+        assert index.uses_gpu() and (got[:, 0] == ids[:50]).mean() >= 0.95
+        assert index.remove(ids[:50]) == 50
+        _, got = index.search(vecs[:50], 5)
+        assert not set(got.ravel().tolist()) & set(range(50))
+
+
 def test_hnsw_stays_on_the_cpu(faiss_gpu: None) -> None:
     index = FaissIndex(32, IndexConfig(kind="hnsw"))
     index.add(np.arange(50, dtype=np.int64), unit_vectors(50, 32))

@@ -51,6 +51,17 @@ def test_auto_kind_by_size() -> None:
     assert choose_kind(IndexConfig(kind="ivf"), 10) == "ivf"
 
 
+def test_auto_kind_with_a_gpu_is_exact_within_the_budget_then_ivf() -> None:
+    # HNSW has no GPU implementation: with a GPU, flat while float32 vectors fit the budget, IVF beyond
+    cfg = IndexConfig(gpu_flat_max_bytes=512 * 4 * 1000)
+    assert choose_kind(cfg, 50_000, 512, gpus=0) == "hnsw"
+    assert choose_kind(cfg, 1000, 512, gpus=1) == "flat" and choose_kind(cfg, 1001, 512, gpus=1) == "ivf"
+    assert choose_kind(IndexConfig(), 1_000_000, 512, gpus=1) == "flat"  # 2 GB of float32 fits 4 GiB
+    assert choose_kind(IndexConfig(), 3_000_000, 512, gpus=1) == "ivf"
+    assert choose_kind(IndexConfig(kind="hnsw"), 10, 512, gpus=1) == "hnsw"  # an explicit kind is kept
+    assert choose_kind(IndexConfig(use_gpu="never", flat_threshold=10), 50, 512) == "hnsw"
+
+
 def test_wrong_dimension_is_a_clear_error() -> None:
     store = FaissIndex(32, IndexConfig())
     with pytest.raises(StoreError, match="32-d"):
