@@ -10,7 +10,6 @@ list across modalities. Every hit keeps its per-run raw scores and ranks.
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import sys
 import threading
 import time
@@ -25,6 +24,9 @@ from retriever.catalog import ItemRecord
 from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
+from retriever.filters import index_filter, passes
+from retriever.fusion import fuse, rrf_fuse
+from retriever.index.base import IndexFilter
 from retriever.store import Store
 from retriever.types import CLIP_SPACES, Hit, ItemKind, Modality, RunName, Space
 
@@ -103,20 +105,6 @@ class Query:
             Modality.parse(self.where["modality"])  # unknown names fail with the accepted ones
 
 
-def rrf_fuse(
-    runs: Mapping[str, Sequence[int]], weights: Mapping[str, float], rrf_k: int
-) -> list[tuple[int, float]]:
-    """Weighted reciprocal rank fusion of ranked id lists, best first (ties by id)."""
-    fused: dict[int, float] = {}
-    for name, ids in runs.items():
-        w = weights.get(name, 1.0)
-        if w <= 0:
-            continue
-        for rank, item_id in enumerate(ids, start=1):
-            fused[item_id] = fused.get(item_id, 0.0) + w / (rrf_k + rank)
-    return sorted(fused.items(), key=lambda kv: (-kv[1], kv[0]))
-
-
 @dataclass
 class Run:
     """One space's candidates for a query: item ids best first and their raw scores."""
@@ -160,16 +148,19 @@ class Retriever:
         timer = _Timer(timings)
         with timer("sync"):
             self.store.sync()
-        depth = max(query.depth or self.config.depth, query.k)
+        depth = self.config.candidates(query.k, query.depth)
         use_mmr = self.config.mmr if query.mmr is None else query.mmr
         for _attempt in range(4):  # widen the candidate pool when filters drop too much
             runs = self.candidates(query, depth, timings)
+            exhausted = all(len(r.ids) < depth for r in runs.values())
+            if query.modalities or query.where:
+                with timer("filter"):
+                    runs = self._filtered(runs, query)
             with timer("fuse"):
                 fused = self.fuse(runs)
             with timer("hydrate"):
                 # MMR re-ranks the whole filtered pool; otherwise only the top k is hydrated
                 kept, records = self._hydrate(fused, query, len(fused) if use_mmr else query.k)
-            exhausted = all(len(r.ids) < depth for r in runs.values())
             if len(kept) >= query.k or exhausted:
                 break
             depth *= 4
@@ -189,13 +180,15 @@ class Retriever:
         if query.image is not None and self.clip is None:
             raise QueryError("an image query needs a CLIP space, and this store has none")
         runs: dict[str, Run] = {}
+        where = index_filter(query.modalities, query.where)
         for name in RUN_SPACES:
-            run = self._run(name, text, query.image, depth, timer) if name in wanted else None
+            run = self._run(name, text, query.image, depth, timer, where) if name in wanted else None
             if run is not None:
                 runs[name] = run
         return {n: r for n, r in runs.items() if r.ids} or runs
 
-    def _run(self, name: RunName, text: str | None, image: Any, depth: int, timer: _Timer) -> Run | None:
+    def _run(self, name: RunName, text: str | None, image: Any, depth: int, timer: _Timer,
+             where: IndexFilter) -> Run | None:
         """One run's candidates; None when the query or the store has nothing for it."""
         if name == RunName.BM25:
             if not text:
@@ -217,10 +210,10 @@ class Retriever:
             vec = encode()
         with timer(f"search.{name}"):
             if name == RunName.CLIP_TEXT:
-                return self._clip_text(vec, depth)
-            return self._dense(RUN_SPACES[name], vec, depth)
+                return self._clip_text(vec, depth, where)
+            return self._dense(RUN_SPACES[name], vec, depth, where)
 
-    def _clip_text(self, vec: np.ndarray, depth: int) -> Run:
+    def _clip_text(self, vec: np.ndarray, depth: int, where: IndexFilter) -> Run:
         """The CLIP text-tower run: over visual items unless ``search.clip_text_scope`` is "all".
 
         A text item's CLIP vector comes from CLIP's 77-token text tower, a much weaker text
@@ -233,28 +226,30 @@ class Retriever:
         whatever the ratio of text to images in the store.
         """
         if self.config.clip_text_scope == "all":
-            return self._dense(CLIP_SPACES, vec, depth)
-        return self._dense((Space.CLIP,), vec, depth)
+            return self._dense(CLIP_SPACES, vec, depth, where)
+        return self._dense((Space.CLIP,), vec, depth, where)
 
     def fuse(self, runs: Mapping[str, Run]) -> list[tuple[int, float]]:
-        """Weighted RRF of the runs with this retriever's settings, best first.
+        """The runs fused with this retriever's settings (``search.fusion``), best first.
 
         Each item's sum is scaled by (total weight / weight of the runs that could have found
         it) ** ``search.modality_balance``: a text query's CLIP run ranks only visual items and
-        its text and BM25 runs only items with text, so in plain RRF a photo scores at most
-        1/(rrf_k+1) where a text chunk two runs agree on scores twice that, and in a store
-        with much text about the same things no image reaches the top ten. At balance 1 the
-        best item of each modality would score alike, which puts some image near the top of
-        every query (SciFact in a mixed store fell from 0.916 to 0.556 nDCG@10); the default
-        0.6 (measured, docs/tuning.md) brings the images in without that cost. When every
-        item could have been found by every run (a text-only store) the ranking is plain RRF.
+        its text and BM25 runs only items with text, so unscaled a photo scores at most one run's
+        share (RRF: 1/(rrf_k+1); score fusion: the run's weight) where a text chunk two runs agree
+        on scores twice that, and in a store with much text about the same things no image reaches
+        the top ten. At balance 1 the best item of each modality would score alike, which puts some
+        image near the top of every query (SciFact in a mixed store fell from 0.916 to 0.556
+        nDCG@10); the default 0.6 (measured, docs/tuning.md) brings the images in without that
+        cost. When every item could have been found by every run (a text-only store) nothing is scaled.
         Text-space candidates below ``search.min_text_similarity`` are left out (``_counted``).
         """
         weights = {name: self.config.weight(name) for name in runs}
-        fused = rrf_fuse({n: self._counted(n, r) for n, r in runs.items()}, weights, self.config.rrf_k)
+        counted = {n: [(i, r.scores[i]) for i in self._counted(n, r)] for n, r in runs.items()}
+        cfg = self.config
+        fused = fuse(counted, weights, cfg.fusion, cfg.rrf_k, cfg.score_normalisation)
         found = {n for n, r in runs.items() if r.ids}
         coverage_differs = RunName.CLIP_TEXT in found and bool(found & {RunName.TEXT, RunName.BM25})
-        if self.config.modality_balance <= 0 or self.config.clip_text_scope == "all" or not coverage_differs:
+        if cfg.modality_balance <= 0 or cfg.clip_text_scope == "all" or not coverage_differs:
             return fused
         return self._fair(fused, runs, weights)
 
@@ -289,6 +284,16 @@ class Retriever:
             out.append((item_id, score * (total / covered) ** balance if covered > 0 else score))
         return sorted(out, key=lambda kv: (-kv[1], kv[0]))
 
+    def _filtered(self, runs: Mapping[str, Run], query: Query) -> dict[str, Run]:
+        """Each run without the items that fail the filters, so ranks count only items that pass:
+        a filtered search ranks as a search of the matching items alone would, whether the filter
+        ran inside an index (Milvus) or here."""
+        ids = {i for r in runs.values() for i in r.ids}
+        records = self.store.catalog.items(sorted(ids))
+        keep = {i for i, rec in records.items() if passes(rec, query.modalities, query.where)}
+        return {n: Run([i for i in r.ids if i in keep], {i: s for i, s in r.scores.items() if i in keep})
+                for n, r in runs.items()}
+
     def _hydrate(
         self, fused: Sequence[tuple[int, float]], query: Query, need: int
     ) -> tuple[list[tuple[int, float]], dict[int, ItemRecord]]:
@@ -303,20 +308,23 @@ class Retriever:
         while pos < len(fused) and len(kept) < need:
             chunk = fused[pos : pos + window]
             records.update(self.store.catalog.items([i for i, _ in chunk]))
-            kept += [(i, s) for i, s in chunk if i in records and _passes(records[i], query)]
+            kept += [(i, s) for i, s in chunk if i in records and passes(records[i], query.modalities, query.where)]
             pos += len(chunk)
             window *= 4
         return kept[:need], records
 
-    def _dense(self, space_names: Sequence[str], vec: np.ndarray, depth: int) -> Run:
-        """The top ``depth`` of one or more spaces of one model, merged by score (ties by id)."""
+    def _dense(self, space_names: Sequence[str], vec: np.ndarray, depth: int, where: IndexFilter) -> Run:
+        """The top ``depth`` of one or more spaces of one model, merged by score (ties by id).
+
+        An index that filters (Milvus) applies the query's filters inside its search, so its run
+        holds only items that pass them; other runs are filtered after fusion (``_hydrate``)."""
         pairs: list[tuple[int, float]] = []
         for name in space_names:
             space = self.store.space(name)
             if space is None:
                 continue
             with _one_thread():
-                scores, ids = space.search(vec, depth)
+                scores, ids = space.search(vec, depth, where)
             pairs += [(int(i), float(s)) for i, s in zip(ids[0], scores[0]) if i >= 0]
         if len(space_names) > 1:
             pairs = sorted(pairs, key=lambda p: (-p[1], p[0]))[:depth]
@@ -367,21 +375,3 @@ class Retriever:
             image_path=image,
             metadata=rec.metadata,
         )
-
-
-def _passes(rec: ItemRecord, query: Query) -> bool:
-    if query.modalities and rec.modality not in query.modalities:
-        return False
-    for key, want in query.where.items():
-        if key == "source":
-            if not (fnmatch.fnmatch(rec.source_uri, want) or fnmatch.fnmatch(rec.source_display, want)):
-                return False
-        elif key == "kind":
-            if rec.kind != want:
-                return False
-        elif key == "modality":
-            if rec.modality.value != want:
-                return False
-        elif rec.metadata.get(key) != want:
-            return False
-    return True

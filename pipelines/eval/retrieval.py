@@ -3,24 +3,25 @@
 The corpus is written as one ``<doc id>.txt`` file per document (title, blank line,
 text) and ingested through the normal pipeline, so documents are chunked like any
 text file; a document's rank is the rank of its best chunk (max-passage). Each
-query's candidates are taken once per run with ``Retriever.candidates`` at a depth
-that yields about ``recall_k`` documents, then ranked
+query's candidates are taken once per run with ``Retriever.candidates``, as deep as a search for
+about ``recall_k`` documents goes (``k`` items: ``recall_k`` x items per document), then ranked
 
 * per run alone (``bm25``, ``text``, ``clip_text`` when the store has a CLIP space), and
-* fused with the store's settings (``Retriever.fuse``): the same list
-  ``Engine.search(text=q, k=depth)`` returns, which the tests check.
+* fused with the store's settings (``Retriever.fuse``): for nDCG and MRR the list
+  ``Engine.search(text=q, k=ndcg_k)`` returns (its candidates cut to that search's depth), for
+  recall the list ``Engine.search(text=q, k=k)`` returns; the tests check both.
 
 Items of other sources in a given ``--store`` stay in the rankings as non-relevant
 entries: what outranks the corpus in the product outranks it here too.
 
-``sweep_fusion`` re-fuses the cached candidates over a grid of RRF constants,
-per-run depths and weights (``--sweep``), to set the defaults from measurement.
+``--sweep`` re-fuses the cached candidates over a grid of fusion settings (``pipelines.eval.sweep``:
+RRF constants, score normalisations, BM25 weights, per-run depths) and picks among them by 2-fold
+cross-validation over the queries, to set the defaults from measurement.
 """
 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import math
 import re
@@ -33,6 +34,7 @@ from typing import Any
 
 from indexers.ingest.pipeline import IngestReport
 from pipelines.engine import Engine
+from pipelines.eval.sweep import cross_validate, setting_grid, sweep_fusion
 from pipelines.eval.results import (
     Advance,
     EvalDataError,
@@ -44,7 +46,7 @@ from pipelines.eval.results import (
     no_progress,
 )
 from retriever.metrics import mean_retrieval_scores
-from retriever.search import Query, Run, rrf_fuse
+from retriever.search import Query, Retriever, Run
 
 __all__ = [
     "FUSED",
@@ -53,11 +55,11 @@ __all__ = [
     "evaluate_retrieval",
     "item_documents",
     "load_beir",
-    "sweep_fusion",
     "write_corpus",
 ]
 
 FUSED = "fused"
+FUSED_DEEP = "fused@recall"  # fused over the candidates of a search deep enough for recall_k documents
 TEXT_RUNS = ("bm25", "text", "clip_text")
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
@@ -191,15 +193,26 @@ def rankings(
     cands: Mapping[str, Mapping[str, Run]],
     item_doc: Mapping[int, str],
     fuse: Callable[[Mapping[str, Run]], list[tuple[int, float]]],
+    shallow: int | None = None,
 ) -> dict[str, dict[str, list[str]]]:
-    """``{configuration: {query: ranked doc ids}}`` for each run alone and fused."""
+    """``{configuration: {query: ranked doc ids}}`` for each run alone and fused; with ``shallow``,
+    also ``FUSED_DEEP``: ``FUSED`` then fuses each run's top ``shallow`` only (a search for fewer
+    results), ``FUSED_DEEP`` all of them."""
     names = sorted({n for runs in cands.values() for n in runs}, key=lambda n: TEXT_RUNS.index(n))
-    out: dict[str, dict[str, list[str]]] = {n: {} for n in [*names, FUSED]}
+    out: dict[str, dict[str, list[str]]] = {n: {} for n in [*names, FUSED, *([FUSED_DEEP] if shallow else [])]}
     for qid, runs in cands.items():
         for name in names:
             out[name][qid] = _docs(runs[name].ids, item_doc) if name in runs else []
-        out[FUSED][qid] = _docs([i for i, _ in fuse(runs)], item_doc) if runs else []
+        out[FUSED][qid] = _docs([i for i, _ in fuse(_cut(runs, shallow))], item_doc) if runs else []
+        if shallow:
+            out[FUSED_DEEP][qid] = _docs([i for i, _ in fuse(runs)], item_doc) if runs else []
     return out
+
+
+def _cut(runs: Mapping[str, Run], depth: int | None) -> Mapping[str, Run]:
+    if depth is None:
+        return runs
+    return {n: Run(r.ids[:depth], {i: r.scores[i] for i in r.ids[:depth]}) for n, r in runs.items()}
 
 
 def evaluate_retrieval(
@@ -221,15 +234,19 @@ def evaluate_retrieval(
     t_ingest = time.perf_counter() - t0
     item_doc = item_documents(engine, file_docs)
     per_doc = len(item_doc) / max(1, len(file_docs))
-    depth = max(engine.config.search.depth, math.ceil(recall_k * per_doc))
+    search = engine.config.search
+    results = max(recall_k, math.ceil(recall_k * per_doc))  # items for about recall_k documents
+    depth, shallow = search.candidates(results), search.candidates(max(ndcg_k, mrr_k))
     t1 = time.perf_counter()
     with progress("queries", len(ds.queries)) as advance:
         cands = collect_candidates(engine, ds.queries, depth, advance)
     t_query = time.perf_counter() - t1
-    ranked = rankings(cands, item_doc, engine.retriever().fuse)
+    ranked = rankings(cands, item_doc, engine.retriever().fuse, shallow)
     metrics = {name: mean_retrieval_scores(r, ds.qrels, ndcg_k, recall_k, mrr_k) for name, r in ranked.items()}
-    depths = tuple(d for d in (25, 50, 100, 200) if d <= depth) or (depth,)
-    sweep_rows = sweep_fusion(cands, item_doc, ds.qrels, depths=depths, ndcg_k=ndcg_k) if sweep else []
+    deep = metrics.pop(FUSED_DEEP)
+    metrics[FUSED][f"recall@{recall_k}"] = deep[f"recall@{recall_k}"]
+    del ranked[FUSED_DEEP]
+    sweep_rows, cv = _sweep(engine, cands, item_doc, ds, depth, ndcg_k, recall_k) if sweep else ([], {})
     missing = len(set(file_docs.values()) - set(item_doc.values()))
     notes = _notes(engine, failed, missing, metrics)
     return EvalResult(
@@ -238,15 +255,28 @@ def evaluate_retrieval(
                  "documents": len(ds.corpus), "queries": len(ds.queries),
                  "ingest": {"added": report.added, "updated": report.updated, "unchanged": report.unchanged,
                             "failed": len(report.failed)}},
-        settings={**_settings(engine), "candidates_per_run": depth, "items": len(item_doc),
-                  "items_per_document": round(per_doc, 3)},
+        settings={**_settings(engine), "candidates_per_run": depth, "results_for_recall": results,
+                  "candidates_for_ndcg": shallow, "items": len(item_doc), "items_per_document": round(per_doc, 3)},
         models=_models(engine),
         metrics=metrics,
-        rows=_query_rows(ranked, ds, ndcg_k) + [{"sweep": r} for r in sweep_rows],
+        rows=_query_rows(ranked, ds, ndcg_k) + [{"sweep": {k: v for k, v in r.items() if k != "per_query"}}
+                                                for r in sweep_rows] + ([{"cross_validation": cv}] if cv else []),
         notes=notes,
         seconds={"ingest": t_ingest, "queries": t_query, "per_query_ms": 1000 * t_query / max(1, len(ds.queries))},
-        table=_table(ds, metrics, depth, len(item_doc), ndcg_k, recall_k, mrr_k, sweep_rows, notes),
+        table=_table(ds, metrics, depth, len(item_doc), ndcg_k, recall_k, mrr_k, sweep_rows, notes, cv),
     )
+
+
+def _sweep(engine: Engine, cands: Mapping[str, Mapping[str, Run]], item_doc: Mapping[int, str], ds: BeirDataset,
+           depth: int, ndcg_k: int, recall_k: int) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every setting of the grid re-fused over ``cands``, and the 2-fold cross-validated choices."""
+    def fuse(cfg: Any, runs: Mapping[str, Run]) -> list[tuple[int, float]]:
+        return Retriever(engine.store, None, None, cfg).fuse(runs)
+
+    depths = sorted({d for d in (50, 100, 200) if d <= depth} | {depth})
+    rows = sweep_fusion(cands, item_doc, ds.qrels, fuse, setting_grid(engine.config.search, depths),
+                        ndcg_k=ndcg_k, recall_k=recall_k)
+    return rows, cross_validate(rows)
 
 
 def _ingest(engine: Engine, corpus_dir: Path, progress: AbstractContextManager[Advance]) -> IngestReport:
@@ -275,8 +305,10 @@ def _notes(engine: Engine, failed: Sequence[str], missing: int, metrics: Mapping
 
 def _settings(engine: Engine) -> dict[str, Any]:
     search, ingest = engine.config.search, engine.config.ingest
-    return {"search": {"depth": search.depth, "rrf_k": search.rrf_k, "weights": dict(search.weights),
-                       "clip_text_scope": search.clip_text_scope},
+    return {"search": {"depth": search.depth, "depth_per_k": search.depth_per_k, "fusion": search.fusion,
+                       "score_normalisation": search.score_normalisation, "rrf_k": search.rrf_k,
+                       "weights": dict(search.weights), "clip_text_scope": search.clip_text_scope,
+                       "min_text_similarity": search.min_text_similarity},
             "ingest": {"chunk_chars": ingest.chunk_chars, "chunk_overlap": ingest.chunk_overlap}}
 
 
@@ -300,7 +332,7 @@ def _query_rows(ranked: Mapping[str, Mapping[str, list[str]]], ds: BeirDataset, 
 
 def _table(ds: BeirDataset, metrics: Mapping[str, Mapping[str, float]], depth: int, items: int,
            ndcg_k: int, recall_k: int, mrr_k: int, sweep_rows: Sequence[Mapping[str, Any]],
-           notes: Sequence[str] = ()) -> str:
+           notes: Sequence[str] = (), cv: Mapping[str, Mapping[str, Any]] | None = None) -> str:
     cols = [f"ndcg@{ndcg_k}", f"recall@{recall_k}", f"mrr@{mrr_k}"]
     head = (f"{ds.name} ({ds.split}): {len(ds.corpus)} documents as {items} items, {len(ds.queries)} queries, "
             f"{depth} candidates per run")
@@ -311,40 +343,11 @@ def _table(ds: BeirDataset, metrics: Mapping[str, Mapping[str, float]], depth: i
                + ("fused is at least as good" if metrics[FUSED][cols[0]] >= best_single else "FUSED IS WORSE"))
     parts = [head, table, verdict, *(f"note: {n}" for n in notes)]
     if sweep_rows:
-        parts.append("fusion sweep (best first):")
-        parts.append(format_table(
-            ["rrf_k", "depth", "weights", f"nDCG@{ndcg_k}"],
-            [[r["rrf_k"], r["depth"], " ".join(f"{k}={v:g}" for k, v in r["weights"].items()), r["ndcg"]]
-             for r in sweep_rows[:15]],
-        ))
+        parts.append("fusion sweep over all queries (best first; chosen on the queries it is scored on):")
+        parts.append(format_table(["setting", f"nDCG@{ndcg_k}", f"Recall@{recall_k}"],
+                                  [[r["label"], r["ndcg"], r["recall"]] for r in sweep_rows[:15]]))
+    if cv:
+        parts.append("2-fold cross-validation (pick on one half of the queries, score on the other):")
+        parts.append(format_table(["family", f"nDCG@{ndcg_k}", f"Recall@{recall_k}", "picked (fold 0 | fold 1)"],
+                                  [[f, c["ndcg"], c["recall"], " | ".join(c["picks"])] for f, c in cv.items()]))
     return "\n".join(parts)
-
-
-def sweep_fusion(
-    cands: Mapping[str, Mapping[str, Run]],
-    item_doc: Mapping[int, str],
-    qrels: Mapping[str, Mapping[str, int]],
-    *,
-    rrf_ks: Sequence[int] = (5, 10, 20, 40, 60, 100),
-    depths: Sequence[int] = (25, 50, 100, 200),
-    weight_grid: Mapping[str, Sequence[float]] | None = None,
-    ndcg_k: int = 10,
-) -> list[dict[str, Any]]:
-    """nDCG@k of weighted RRF over a grid (runs cut at each depth), best first.
-
-    The default grid keeps ``text`` at weight 1 and varies the others relative to it.
-    """
-    present = sorted({n for runs in cands.values() for n in runs}, key=TEXT_RUNS.index)
-    grid = dict(weight_grid or {"text": (1.0,), "bm25": (0.5, 0.75, 1.0, 1.5), "clip_text": (0.0, 0.1, 0.25, 0.5, 1.0)})
-    names = [n for n in present if n in grid]
-    rows: list[dict[str, Any]] = []
-    for rrf_k, depth, combo in itertools.product(rrf_ks, depths, itertools.product(*(grid[n] for n in names))):
-        weights = dict(zip(names, combo))
-        per_q = {}
-        for qid, runs in cands.items():
-            fused = rrf_fuse({n: runs[n].ids[:depth] for n in names if n in runs}, weights, rrf_k)
-            per_q[qid] = _docs([i for i, _ in fused], item_doc)
-        score = mean_retrieval_scores(per_q, qrels, ndcg_k, 100, ndcg_k)[f"ndcg@{ndcg_k}"]
-        rows.append({"rrf_k": rrf_k, "depth": depth, "weights": weights, "ndcg": score})
-    rows.sort(key=lambda r: -r["ndcg"])
-    return rows

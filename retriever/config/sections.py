@@ -7,12 +7,14 @@ allowed. The measurements behind the defaults are in ``docs/tuning.md``.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from retriever.config.checks import Problems, normalise, parse_llm_spec
 from retriever.errors import ConfigError
+from retriever.fusion import FUSIONS, NORMALISATIONS, Fusion, Normalisation
 
 __all__ = [
     "DEFAULT_CLIP_MODEL",
@@ -52,19 +54,33 @@ class ModelsConfig:
     precision: Precision = "auto"
     batch_size: int = 64
     # CLIP text-tower vectors for text items (the "clip_texts" space): what lets an image query find
-    # text. They cost ~3x the text space's encoding at ingest; false skips them (fixed per store).
-    clip_texts: bool = True
+    # text chunks; text queries never read them. Off by default: they cost more than the text space
+    # itself (ViT-B-32's text tower 64-72 CPU-ms a chunk vs MiniLM's 46-58; docs/tuning.md), so
+    # true makes a text ingest ~2.2x slower. Fixed per store when it is created.
+    clip_texts: bool = False
+    # Encoding one query (a call with one text or image): torch threads (0 = one per core) and
+    # precision ("auto" = models.precision; another one loads a second copy of the model). Measured
+    # with bench/cold_start.py --encode: docs/tuning.md (model settings).
+    query_threads: int = 1
+    query_precision: Precision = "auto"
+    # keep CLIP weights converted to the precision in use under the cache dir (MMRAG_CACHE), with
+    # the result of the load-time text-tower check, so later loads skip conversion and check
+    weight_cache: bool = True
 
     def __post_init__(self) -> None:
         check = Problems("models")
         device = normalise(self, "device", "auto")
         precision = normalise(self, "precision", "auto")
+        query_precision = normalise(self, "query_precision", "auto")
         if not (isinstance(device, str) and _DEVICE.match(device)):
             check.add(f"models.device {self.device!r} is not one of auto, cpu, cuda, cuda:N")
         check.one_of("precision", precision, get_args(Precision))
-        if device == "cpu" and precision == "fp16":
-            check.add("models.precision 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'")
+        check.one_of("query_precision", query_precision, get_args(Precision))
+        for key, value in (("precision", precision), ("query_precision", query_precision)):
+            if device == "cpu" and value == "fp16":
+                check.add(f"models.{key} 'fp16' needs a CUDA device; on the CPU use 'bf16' or 'fp32'")
         check.at_least("batch_size", self.batch_size, 1, integer=True)
+        check.at_least("query_threads", self.query_threads, 0, integer=True)
         check.non_empty("text", self.text)
         check.non_empty("clip", self.clip)
         check.raise_if_any()
@@ -86,7 +102,15 @@ class IndexConfig:
     ivf_nprobe: int = 32  # IVF: 4 sqrt(N) lists, never picked by "auto"
     storage: IndexStorage = "fp16"  # how flat/hnsw/ivf keep vectors (fp16 is lossless for catalog vectors)
     use_gpu: GpuUse = "auto"
+    gpu_flat_max_bytes: int = 4 << 30  # with a GPU, "auto": exact search while the float32 vectors fit this
     save_every_items: int = 2_000  # write the index cache after this many new vectors (0: every commit)
+    # index.backend = "milvus": the server, and how it builds and searches (docs/scale-out.md)
+    milvus_uri: str = ""  # e.g. http://127.0.0.1:19530 (MMRAG_MILVUS_URI)
+    milvus_token: str = ""  # "user:password" or an API key, when the server checks them (MMRAG_MILVUS_TOKEN)
+    milvus_db: str = ""  # a database on the server ("" : the default one)
+    milvus_index: str = "HNSW"  # HNSW | IVF_FLAT | FLAT | any Milvus index type (GPU_CAGRA... on a GPU Milvus)
+    milvus_nlist: int = 1024  # IVF kinds: lists (they share ivf_nprobe); HNSW uses hnsw_m / ef_* above
+    milvus_consistency: str = "Session"  # searches: Session | Bounded | Eventually | Strong
     # readers rebuild BM25 at most this often while the catalog changes (an ingest in another process);
     # 0 rebuilds on every search that finds the catalog moved
     bm25_refresh_s: float = 2.0
@@ -105,20 +129,29 @@ class IndexConfig:
             check.at_least(name, getattr(self, name), 1, integer=True)
         check.at_least("save_every_items", self.save_every_items, 0, integer=True)
         check.at_least("bm25_refresh_s", self.bm25_refresh_s, 0)
+        check.at_least("milvus_nlist", self.milvus_nlist, 1, integer=True)
+        check.at_least("gpu_flat_max_bytes", self.gpu_flat_max_bytes, 0, integer=True)
+        check.one_of("milvus_consistency", self.milvus_consistency, ("Session", "Bounded", "Eventually", "Strong"))
         check.raise_if_any()
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    """Fusion settings, set from ``mmrag eval retrieval --sweep`` on the shared SciFact subset.
+    """Fusion settings, set from ``mmrag eval retrieval --sweep`` (2-fold cross-validated) on the
+    shared SciFact subset.
 
-    Why each default is what it is (rrf_k, depth, weights, the CLIP text scope, the modality
-    balance and the text-similarity floor), with the numbers: ``docs/tuning.md`` (search settings).
+    Why each default is what it is (the fusion and its normalisation, rrf_k, depth, weights, the
+    CLIP text scope, the modality balance and the text-similarity floor), with the numbers:
+    ``docs/tuning.md`` (search settings).
     """
 
     k: int = 10
-    depth: int = 100  # candidates taken from each run before fusion
-    rrf_k: int = 20
+    depth: int = 100  # candidates taken from each run before fusion...
+    depth_per_k: float = 4.0  # ...and at least this many per result asked for (k=100: 400 a run)
+    # "rrf": weighted reciprocal rank fusion; "score": weighted sum of each run's normalised scores
+    fusion: Fusion = "rrf"
+    rrf_k: int = 10  # fusion "rrf": the rank constant
+    score_normalisation: Normalisation = "minmax"  # fusion "score": how a run's scores are put on one scale
     weights: tuple[tuple[str, float], ...] = (("clip_text", 1.0), ("clip_image", 1.0), ("text", 1.0), ("bm25", 1.0))
     clip_text_scope: ClipTextScope = "visual"  # which CLIP items a text query's CLIP run ranks
     # 0..1: scale fused scores by (all runs / runs that could have found the item) ** balance (see
@@ -134,7 +167,10 @@ class SearchConfig:
         check = Problems("search")
         check.at_least("k", self.k, 1, integer=True)
         check.at_least("depth", self.depth, 1, integer=True)
+        check.at_least("depth_per_k", self.depth_per_k, 1)
         check.at_least("rrf_k", self.rrf_k, 0)
+        check.one_of("fusion", normalise(self, "fusion", "rrf"), FUSIONS)
+        check.one_of("score_normalisation", normalise(self, "score_normalisation", "minmax"), NORMALISATIONS)
         unknown = sorted(str(name) for name, _ in self.weights if name not in RUN_NAMES)
         if unknown:
             check.add(f"search.weights names unknown run(s) {', '.join(unknown)}; expected {', '.join(RUN_NAMES)}")
@@ -149,6 +185,10 @@ class SearchConfig:
     def weight(self, run: str) -> float:
         """The fusion weight of ``run`` (1 when not set)."""
         return dict(self.weights).get(run, 1.0)
+
+    def candidates(self, k: int, depth: int | None = None) -> int:
+        """Candidates each run gives fusion for a query of ``k`` results (``depth``: the query's own)."""
+        return max(depth or self.depth, math.ceil(self.depth_per_k * k), k)
 
 
 _PLACEHOLDERS = ("{question}", "{evidence}")

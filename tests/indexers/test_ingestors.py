@@ -22,6 +22,7 @@ from indexers.images import ImageIngestor
 from indexers.registry import DEFAULT_INGESTORS, IngestorSpec, Registry, default_registry, load_ingestor
 from indexers.sniff import EXTENSION_TYPES, family
 from indexers.text import TextIngestor, decode_bytes, html_to_text
+from retriever.config import IngestConfig
 from retriever.errors import IngestError, LimitExceeded, UnsupportedInput
 from retriever.types import Item, Modality
 
@@ -407,7 +408,7 @@ def test_real_markdown_and_text(tmp_path: Path, eval_dir: Path, text_items) -> N
     items, ctx = text_items(md)
     assert ctx.source_metadata["title"] == "The Evolution of the Word Processor"
     assert all(i.metadata["title"] == "The Evolution of the Word Processor" for i in items)
-    _assert_chunks_slice_back(items, md.read_text(encoding="utf-8").replace("\r\n", "\n"), 1000)
+    _assert_chunks_slice_back(items, md.read_text(encoding="utf-8").replace("\r\n", "\n"), IngestConfig().chunk_chars)
     txt = root / "pypdf__crazyones.txt"
     items, _ = text_items(txt)
     assert len(items) == 1 and "crazy" in items[0].text.lower()
@@ -437,7 +438,7 @@ def test_html_visible_text_only(tmp_path: Path, text_items) -> None:
     ):
         assert hidden not in joined
     assert text == "Heading\n\nFirst bold paragraph.\n\none\ntwo\n\ncell a cell b\n\nLast."
-    _assert_chunks_slice_back(items, text, 1000)
+    _assert_chunks_slice_back(items, text, IngestConfig().chunk_chars)
 
 
 def test_cp1252_and_bom_files_decode(tmp_path: Path, text_items) -> None:

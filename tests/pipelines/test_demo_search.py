@@ -19,7 +19,8 @@ def test_text_candidates_below_the_floor_do_not_count() -> None:
     runs = {"text": Run([1, 2, 3], {1: 0.62, 2: 0.19, 3: 0.05}), "bm25": Run([3], {3: 4.0})}
     # 2 was found by the text space alone, with a similarity of unrelated text: gone; 3 keeps its BM25 rank
     assert _order(SearchConfig(), runs) == [1, 3]
-    assert _order(SearchConfig(min_text_similarity=-1.0), runs) == [3, 1, 2]  # plain RRF of every rank
+    assert _order(SearchConfig(min_text_similarity=-1.0, fusion="rrf"), runs) == [3, 1, 2]  # RRF of every rank
+    assert _order(SearchConfig(min_text_similarity=-1.0, fusion="score"), runs) == [1, 3, 2]  # 1 and 3 tie: by id
 
 
 def test_the_floor_is_a_checked_setting() -> None:

@@ -106,7 +106,7 @@ COLOURS = ("red", "green", "blue", "yellow", "purple")
 def mixed_store(tiny_clip_spec: str, tiny_clip_encoder, text_encoder, shapes: list, tmp_path: Path):
     """30 shape images beside 600 one-sentence text chunks that talk about the same shapes."""
     eng = Engine.open(tmp_path / "mixed", overrides={"models.clip": tiny_clip_spec, "ingest.chunk_chars": 100,
-                                                     "ingest.chunk_overlap": 0},
+                                                     "ingest.chunk_overlap": 0, "models.clip_texts": True},
                       clip=tiny_clip_encoder, text=text_encoder)
     notes = tmp_path / "notes"
     notes.mkdir()

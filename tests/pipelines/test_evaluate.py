@@ -229,18 +229,23 @@ def test_text_queries_for_shapes_find_the_images(scifact_small: dict, tiny_clip_
 
 def test_harness_fused_ranking_is_what_search_returns(scifact_small: dict, tiny_clip_encoder, text_encoder) -> None:
     from pipelines.engine import Engine
-    from pipelines.eval.retrieval import collect_candidates, load_beir
+    from pipelines.eval.retrieval import _cut, collect_candidates, load_beir
 
     ds = load_beir(scifact_small["data"])
-    depth = scifact_small["results"]["settings"]["candidates_per_run"]
+    settings = scifact_small["results"]["settings"]
+    depth, results, shallow = (settings[k] for k in ("candidates_per_run", "results_for_recall", "candidates_for_ndcg"))
     with Engine.open(scifact_small["store"], overrides={"models.clip": scifact_small["clip"]},
                      clip=tiny_clip_encoder, text=text_encoder) as eng:
+        assert (depth, shallow) == (eng.config.search.candidates(results), eng.config.search.candidates(10))
         queries = dict(list(ds.queries.items())[:5])
         cands = collect_candidates(eng, queries, depth)
         fuse = eng.retriever().fuse
         for qid, text in queries.items():
-            got = [h.item_id for h in eng.search(text=text, k=depth)]
-            assert got == [i for i, _ in fuse(cands[qid])][:depth]
+            # recall: the search deep enough for recall_k documents; nDCG: the search for 10 results
+            got = [h.item_id for h in eng.search(text=text, k=results)]
+            assert got == [i for i, _ in fuse(cands[qid])][:results]
+            top = [h.item_id for h in eng.search(text=text, k=10)]
+            assert top == [i for i, _ in fuse(_cut(cands[qid], shallow))][:10]
             bm25_only = [h.item_id for h in eng.search(text=text, k=depth, runs=["bm25"])]
             assert bm25_only == cands[qid]["bm25"].ids[: len(bm25_only)]
 

@@ -1,5 +1,6 @@
-"""Fusion without models or a store on disk: RRF, the modality-balance scaling, the text-similarity
-floor and MMR, on a store stand-in that answers the two catalog questions fusion asks."""
+"""Fusion without models or a store on disk: RRF, score fusion and its normalisations, the
+modality-balance scaling, the text-similarity floor and MMR, on a store stand-in that answers the
+two catalog questions fusion asks."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 import pytest
 
 from retriever.config import SearchConfig
+from retriever.errors import ConfigError
+from retriever.fusion import fuse, normalise, score_fuse
 from retriever.search import RUN_SPACES, Retriever, Run, rrf_fuse
 from retriever.types import RunName, Space
 
@@ -78,7 +81,7 @@ MEMBERS = {Space.CLIP: {10}, Space.TEXT: {1, 2, 3}}
 
 
 def test_plain_rrf_when_balance_is_zero() -> None:
-    r = _retriever(SearchConfig(modality_balance=0.0), MEMBERS)
+    r = _retriever(SearchConfig(fusion="rrf", rrf_k=20, modality_balance=0.0), MEMBERS)
     fused = r.fuse(_mixed_runs())
     assert fused == rrf_fuse({n: run.ids for n, run in _mixed_runs().items()}, {}, 20)
     assert [i for i, _ in fused][:2] == [1, 2]  # the photo trails two agreeing runs
@@ -86,7 +89,7 @@ def test_plain_rrf_when_balance_is_zero() -> None:
 
 @pytest.mark.parametrize("balance", [0.25, 0.6, 1.0])
 def test_balance_scales_by_the_runs_that_could_find_an_item(balance: float) -> None:
-    r = _retriever(SearchConfig(modality_balance=balance, rrf_k=20), MEMBERS)
+    r = _retriever(SearchConfig(fusion="rrf", modality_balance=balance, rrf_k=20), MEMBERS)
     fused = dict(r.fuse(_mixed_runs()))
     plain = dict(rrf_fuse({n: run.ids for n, run in _mixed_runs().items()}, {}, 20))
     # 3 runs found something; an image is reachable by 1 of them, a text item by 2
@@ -95,16 +98,16 @@ def test_balance_scales_by_the_runs_that_could_find_an_item(balance: float) -> N
 
 
 def test_balance_one_lets_the_best_image_match_the_best_text() -> None:
-    fused = dict(_retriever(SearchConfig(modality_balance=1.0, rrf_k=20), MEMBERS).fuse(
+    fused = dict(_retriever(SearchConfig(fusion="rrf", modality_balance=1.0, rrf_k=20), MEMBERS).fuse(
         {RunName.CLIP_TEXT: _run([10]), RunName.TEXT: _run([1]), RunName.BM25: _run([1])}))
     assert fused[10] == pytest.approx(fused[1])
 
 
 def test_no_scaling_when_every_run_covers_every_item() -> None:
     runs = {RunName.TEXT: _run([1, 2]), RunName.BM25: _run([2, 1])}  # a text-only store
-    r = _retriever(SearchConfig(modality_balance=1.0), MEMBERS)
+    r = _retriever(SearchConfig(fusion="rrf", rrf_k=20, modality_balance=1.0), MEMBERS)
     assert r.fuse(runs) == rrf_fuse({n: run.ids for n, run in runs.items()}, {}, 20)
-    scoped = _retriever(SearchConfig(modality_balance=1.0, clip_text_scope="all"), MEMBERS)
+    scoped = _retriever(SearchConfig(fusion="rrf", rrf_k=20, modality_balance=1.0, clip_text_scope="all"), MEMBERS)
     assert scoped.fuse(_mixed_runs()) == rrf_fuse({n: run.ids for n, run in _mixed_runs().items()}, {}, 20)
 
 
@@ -114,6 +117,75 @@ def test_text_candidates_below_the_similarity_floor_do_not_count() -> None:
     assert [i for i, _ in _retriever(SearchConfig(min_text_similarity=-1.0)).fuse(runs)] == [1, 2, 3]
     bm25 = {RunName.BM25: _run([1, 2], [0.05, 0.01])}  # the floor is for the text space only
     assert [i for i, _ in _retriever(SearchConfig(min_text_similarity=0.9)).fuse(bm25)] == [1, 2]
+
+
+# ---- score fusion ------------------------------------------------------------------------
+
+
+def test_normalisations_by_hand() -> None:
+    assert normalise([4.0, 2.0, 1.0]) == pytest.approx([1.0, 1 / 3, 0.0])
+    # z-score, shifted so the worst returned item is 0 (an item a run did not return counts 0)
+    sd = np.std([4.0, 2.0, 1.0])
+    assert normalise([4.0, 2.0, 1.0], "zscore") == pytest.approx([3 / sd, 1 / sd, 0.0])
+    assert normalise([0.3, 0.3]) == [1.0, 1.0] and normalise([]) == []
+    with pytest.raises(ValueError, match="unknown normalisation 'rank'"):
+        normalise([1.0, 0.0], "rank")  # type: ignore[arg-type]
+
+
+def test_score_fusion_sums_weighted_normalised_scores() -> None:
+    runs = {"text": [(1, 0.9), (2, 0.5), (3, 0.4)], "bm25": [(3, 12.0), (1, 2.0)]}
+    fused = dict(score_fuse(runs, {}))
+    # text: 1 -> 1, 2 -> 0.2, 3 -> 0; bm25: 3 -> 1, 1 -> 0
+    assert fused == pytest.approx({1: 1.0, 3: 1.0, 2: 0.2})
+    assert [i for i, _ in score_fuse(runs, {})] == [1, 3, 2]  # the tie of 1 and 3 is broken by id
+    assert dict(score_fuse(runs, {"bm25": 2.0}))[3] == pytest.approx(2.0)
+    assert dict(score_fuse(runs, {"bm25": 0.0})) == pytest.approx({1: 1.0, 2: 0.2, 3: 0.0})
+
+
+def test_score_fusion_keeps_the_margins_rrf_throws_away() -> None:
+    # BM25 is sure of item 7 and barely prefers 8 over 9; the text space mildly prefers 9
+    runs = {"bm25": [(7, 30.0), (8, 10.1), (9, 10.0)], "text": [(9, 0.52), (7, 0.5), (8, 0.2)]}
+    by_rank = [i for i, _ in fuse(runs, {}, "rrf", rrf_k=20)]
+    by_score = [i for i, _ in fuse(runs, {}, "score")]
+    assert by_score[0] == 7 and by_rank[0] == 7
+    assert by_score.index(9) < by_score.index(8)  # 9's text margin outweighs 8's 0.1 BM25 lead
+    with pytest.raises(ValueError, match="unknown fusion 'max'"):
+        fuse(runs, {}, "max")  # type: ignore[arg-type]
+
+
+def test_retriever_fuses_by_the_configured_method() -> None:
+    runs = {RunName.TEXT: _run([1, 2, 3], [0.9, 0.85, 0.3]), RunName.BM25: _run([3, 2], [9.0, 1.0])}
+    pairs = {n: [(i, r.scores[i]) for i in r.ids] for n, r in runs.items()}
+    assert _retriever(SearchConfig(fusion="score")).fuse(runs) == score_fuse(pairs, {})
+    assert _retriever(SearchConfig(fusion="score", score_normalisation="zscore")).fuse(runs) == score_fuse(
+        pairs, {}, "zscore")
+    assert _retriever(SearchConfig(fusion="rrf", rrf_k=5)).fuse(runs) == rrf_fuse(
+        {n: r.ids for n, r in runs.items()}, {}, 5)
+    with pytest.raises(ConfigError, match="search.fusion 'borda' is not one of rrf, score"):
+        SearchConfig(fusion="borda")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="score_normalisation"):
+        SearchConfig(score_normalisation="l2")  # type: ignore[arg-type]
+
+
+def test_score_fusion_with_the_modality_balance_brings_the_image_in() -> None:
+    # the image is CLIP's best; text item 2 is strong in both text runs, 1 in one of them
+    runs = {RunName.CLIP_TEXT: _run([10]), RunName.TEXT: _run([1, 2, 3], [0.7, 0.65, 0.3]),
+            RunName.BM25: _run([2, 1, 3], [8.0, 4.0, 1.0])}
+    plain = _retriever(SearchConfig(fusion="score", modality_balance=0.0), MEMBERS).fuse(runs)
+    balanced = _retriever(SearchConfig(fusion="score", modality_balance=0.6), MEMBERS).fuse(runs)
+    assert [i for i, _ in plain] == [2, 1, 10, 3] and [i for i, _ in balanced] == [2, 10, 1, 3]
+    # 3 runs found something: an image is reachable by 1 of them, a text item by 2
+    assert dict(plain)[10] == pytest.approx(1.0) and dict(balanced)[10] == pytest.approx(3.0 ** 0.6)
+    assert dict(balanced)[1] == pytest.approx(dict(plain)[1] * 1.5 ** 0.6)
+
+
+def test_candidates_grow_with_the_results_asked_for() -> None:
+    cfg = SearchConfig()
+    assert (cfg.depth, cfg.depth_per_k) == (100, 4.0)
+    assert cfg.candidates(10) == 100 and cfg.candidates(140) == 560  # deep enough for Recall@100
+    assert cfg.candidates(10, depth=30) == 40 and SearchConfig(depth_per_k=1).candidates(140) == 140
+    with pytest.raises(ConfigError, match="depth_per_k must be a number >= 1"):
+        SearchConfig(depth_per_k=0.5)
 
 
 def test_run_spaces_cover_every_run() -> None:
