@@ -13,7 +13,6 @@ the model, on first use). Any other call is a batch, in ``models.precision``.
 from __future__ import annotations
 
 import contextlib
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,7 +21,7 @@ import numpy as np
 from retriever.config import ModelsConfig
 from retriever.encoders.clip_load import LoadedClip, load_clip
 from retriever.encoders.clip_source import REGISTRY_LOCK, register_model_config
-from retriever.encoders.device import DevicePlan, query_plan, query_threads, resolve_device
+from retriever.encoders.device import DevicePlan, ModelCopies, query_threads
 from retriever.encoders.spec import ClipSpec, parse_clip_spec, read_config_json
 from retriever.errors import ConfigError
 from retriever.types import Space
@@ -40,10 +39,7 @@ class ClipEncoder:
         if not self.spec.enabled:
             raise ConfigError("CLIP spec 'none' has no model; build_clip_encoder() returns None for it")
         self._cfg = models_cfg or ModelsConfig()
-        self._lock = threading.Lock()
-        self._plans: dict[bool, DevicePlan] = {}
-        self._states: dict[str, LoadedClip] = {}  # by precision
-        self._first: LoadedClip | None = None  # the first one loaded: its transform, tokenizer, size serve all
+        self._copies: ModelCopies[LoadedClip] = ModelCopies(self._cfg, lambda plan: load_clip(self.spec, plan, self._cfg))
         self._model_id: str | None = None
 
     @property
@@ -55,7 +51,11 @@ class ClipEncoder:
     @property
     def _state(self) -> LoadedClip | None:
         """A loaded copy of the model (any precision), or None before the first use."""
-        return self._first
+        return self._copies.first
+
+    @property
+    def _states(self) -> dict[str, LoadedClip]:
+        return self._copies.states
 
     @property
     def dim(self) -> int:
@@ -125,20 +125,7 @@ class ClipEncoder:
 
     def _load(self, query: bool = False) -> LoadedClip:
         """The model for batches, or for one query (``models.query_precision``), loaded on first use."""
-        plan = self._plans.get(query)
-        state = self._states.get(plan.precision) if plan is not None else None
-        if state is not None:
-            return state
-        with self._lock:
-            if query not in self._plans:
-                batch = self._plans.get(False) or resolve_device(self._cfg)
-                self._plans[False] = batch
-                self._plans[True] = query_plan(self._cfg, batch)
-            plan = self._plans[query]
-            if plan.precision not in self._states:
-                self._states[plan.precision] = load_clip(self.spec, plan, self._cfg)
-                self._first = self._first or self._states[plan.precision]
-            return self._states[plan.precision]
+        return self._copies.get(query)
 
     def __repr__(self) -> str:
         return f"ClipEncoder({self.spec.raw!r}, loaded={sorted(self._states)})"

@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from retriever.config.env import torch_threads
 from retriever.errors import ConfigError
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from retriever.config import ModelsConfig
 
 __all__ = [
+    "ModelCopies",
     "DevicePlan",
     "configure_threads",
     "cpu_count",
@@ -173,3 +174,35 @@ def query_threads(models_cfg: ModelsConfig) -> Iterator[int]:
             if _query_users == 0 and _query_saved is not None:
                 torch.set_num_threads(_query_saved)
                 _query_saved = None
+
+
+_M = TypeVar("_M")
+
+
+class ModelCopies(Generic[_M]):
+    """The loaded copies of one model, one per precision: the batch plan's and the query plan's
+    (``models.query_precision``), each loaded by ``load(plan)`` on first use."""
+
+    def __init__(self, models_cfg: ModelsConfig, load: Callable[[DevicePlan], _M]) -> None:
+        self._cfg, self._load = models_cfg, load
+        self._lock = threading.Lock()
+        self.plans: dict[bool, DevicePlan] = {}
+        self.states: dict[str, _M] = {}  # by precision
+        self.first: _M | None = None  # the first one loaded (its tokenizer, transform and size serve all)
+
+    def get(self, query: bool = False) -> _M:
+        """The copy for batches, or for one query."""
+        plan = self.plans.get(query)
+        state = self.states.get(plan.precision) if plan is not None else None
+        if state is not None:
+            return state
+        with self._lock:
+            if query not in self.plans:
+                batch = self.plans.get(False) or resolve_device(self._cfg)
+                self.plans[False] = batch
+                self.plans[True] = query_plan(self._cfg, batch)
+            plan = self.plans[query]
+            if plan.precision not in self.states:
+                self.states[plan.precision] = self._load(plan)
+                self.first = self.first or self.states[plan.precision]
+            return self.states[plan.precision]

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from retriever.config import DEFAULT_TEXT_MODEL, ModelsConfig
-from retriever.encoders.device import DevicePlan, configure_threads, query_plan, query_threads, resolve_device
+from retriever.encoders.device import DevicePlan, ModelCopies, configure_threads, query_threads
 from retriever.encoders.spec import file_fingerprint, hub_offline_reason
 from retriever.encoders.text_light import LightSentenceModel, light_layout
 from retriever.errors import ConfigError, ModelLoadError
@@ -71,11 +71,8 @@ class SentenceTransformerEncoder:
             raise ConfigError(f"text model must be a sentence-transformers name or directory, got {name_or_path!r}")
         self.name = name_or_path.strip()
         self._cfg = models_cfg or ModelsConfig()
-        self._load_lock = threading.Lock()
         self._encode_lock = threading.Lock()  # HF fast tokenizers are not safe to share across threads
-        self._plans: dict[bool, DevicePlan] = {}
-        self._states: dict[str, _Loaded] = {}  # by precision
-        self._first: _Loaded | None = None  # the first one loaded (its size serves all)
+        self._copies: ModelCopies[_Loaded] = ModelCopies(self._cfg, self._load_model)
         self._model_id: str | None = None
         self._dim_hint: int | None = None
 
@@ -93,7 +90,11 @@ class SentenceTransformerEncoder:
     @property
     def _state(self) -> _Loaded | None:
         """A loaded copy of the model (any precision), or None before the first use."""
-        return self._first
+        return self._copies.first
+
+    @property
+    def _states(self) -> dict[str, _Loaded]:
+        return self._copies.states
 
     @property
     def dim(self) -> int:
@@ -147,20 +148,7 @@ class SentenceTransformerEncoder:
 
     def _load(self, query: bool = False) -> _Loaded:
         """The model for batches, or for one query (``models.query_precision``), loaded on first use."""
-        plan = self._plans.get(query)
-        state = self._states.get(plan.precision) if plan is not None else None
-        if state is not None:
-            return state
-        with self._load_lock:
-            if query not in self._plans:
-                batch = self._plans.get(False) or resolve_device(self._cfg)
-                self._plans[False] = batch
-                self._plans[True] = query_plan(self._cfg, batch)
-            plan = self._plans[query]
-            if plan.precision not in self._states:
-                self._states[plan.precision] = self._load_model(plan)
-                self._first = self._first or self._states[plan.precision]
-            return self._states[plan.precision]
+        return self._copies.get(query)
 
     def _load_model(self, plan: DevicePlan) -> _Loaded:
         configure_threads()
