@@ -206,12 +206,20 @@ class Retriever:
             if encoder is None or not text:
                 return None
             encode = partial(encoder.encode_texts, [text])
+        if not self._searched_spaces_hold_vectors(name):
+            return None  # e.g. CLIP in a store without images: the run could find nothing, skip encoding
         with timer(f"encode.{name}"), _one_thread():
             vec = encode()
         with timer(f"search.{name}"):
             if name == RunName.CLIP_TEXT:
                 return self._clip_text(vec, depth, where)
             return self._dense(RUN_SPACES[name], vec, depth, where)
+
+    def _searched_spaces_hold_vectors(self, name: RunName) -> bool:
+        searched = (CLIP_SPACES if self.config.clip_text_scope == "all" else (Space.CLIP,)) \
+            if name == RunName.CLIP_TEXT else RUN_SPACES[name]
+        # a shared (server) index is not counted per query: counting asks the server
+        return any(space.shared or len(space) > 0 for space in map(self.store.space, searched) if space is not None)
 
     def _clip_text(self, vec: np.ndarray, depth: int, where: IndexFilter) -> Run:
         """The CLIP text-tower run: over visual items unless ``search.clip_text_scope`` is "all".
