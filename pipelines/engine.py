@@ -31,7 +31,7 @@ from pipelines.arguments import (
     where_filter,
 )
 from pipelines.engine_models import EngineModels, adopt_store_models
-from pipelines.rag.evidence import Answer
+from pipelines.rag.evidence import Answer, Evidence
 from retriever.catalog import ItemRecord, SourceRecord
 from retriever.config import Config
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
@@ -303,6 +303,7 @@ class Engine:
         llm: str | BaseChatModel | None = None,
         prompt: str | None = None,
         on_token: Callable[[str], None] | None = None,
+        on_evidence: Callable[[Sequence[Evidence]], None] | None = None,
     ) -> Answer:
         """Retrieve evidence and answer with checked citations (see ``pipelines.rag.answer.ask``)."""
         from pipelines.rag.answer import ask
@@ -312,12 +313,11 @@ class Engine:
             raise QueryError(f"the question must be a str, got {type(question).__name__}: {question!r:.80}")
         query_text(question)
         return ask(self, question, text_encoder=self.text_encoder, config=self.config.llm, k=k, where=where,
-                   modalities=modalities, llm=llm, prompt=prompt, on_token=on_token)
+                   modalities=modalities, llm=llm, prompt=prompt, on_token=on_token, on_evidence=on_evidence)
 
     # ---- the evidence -------------------------------------------------------
     def item(self, item_id: int) -> ItemRecord | None:
-        """The catalog record of item ``item_id`` (a hit's or citation's ``item_id``); None when the
-        store has no such item."""
+        """The catalog record of item ``item_id`` (a hit's or citation's); None when there is none."""
         return self.items([item_id]).get(item_id)
 
     def items(self, item_ids: Iterable[int] | None = None) -> dict[int, ItemRecord]:

@@ -131,7 +131,6 @@ class AnswerStream:
 def answer_work(engine: Engine, root: str, question: str, *, k: int, modalities: Sequence[str] | None,
                 where: dict[str, Any]) -> Callable[[AnswerStream], dict[str, Any]]:
     """The answering of one question, sending its evidence and text to a stream as they come."""
-    from pipelines.rag.answer import ask
 
     def work(stream: AnswerStream) -> dict[str, Any]:
         def on_evidence(evidence: Sequence[Evidence]) -> None:
@@ -142,8 +141,8 @@ def answer_work(engine: Engine, root: str, question: str, *, k: int, modalities:
             for piece in pieces(text):
                 stream.put("delta", {"text": piece})
 
-        answer = ask(engine, question, text_encoder=engine.text_encoder, config=engine.config.llm, k=k,
-                     where=where, modalities=modalities, on_token=on_token, on_evidence=on_evidence)
+        answer = engine.ask(question, k=k, where=where, modalities=modalities, on_token=on_token,
+                            on_evidence=on_evidence)
         uris = [ev.hit.source_uri for ev in answer.evidence] + [c.source for c in answer.citations]
         return Links(engine, root, uris).answer(answer)
 
