@@ -141,7 +141,10 @@ def _add_eval(sub: argparse._SubParsersAction[_Parser]) -> None:
 
 
 def _add_serve(sub: argparse._SubParsersAction[_Parser]) -> None:
-    p = sub.add_parser("serve", help="serve search, ask and the evidence over HTTP (FastAPI + uvicorn)")
+    p = sub.add_parser("serve", help="serve search, ask and the evidence over HTTP (FastAPI + uvicorn)",
+                       description="Serve search, ask and the evidence over HTTP. Request limits are the server.* "
+                                   "settings ([server] in mmrag.toml, or e.g. --set server.requests_per_minute=1200 "
+                                   "--set server.max_k=100).")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
     p.add_argument("--allow-ingest", action="extend", nargs="+", default=[], metavar="DIR",

@@ -69,7 +69,7 @@ def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
     they are warm (``mmrag serve`` does this); without it ``/readyz`` is ready at once.
     """
     allowed = _allowed_dirs(allow_ingest_under)
-    limits = limits or ServerLimits()
+    limits = limits or ServerLimits.from_config(engine.config.server)
     jobs = JobTable()
     readiness = Readiness(engine, warm)
 

@@ -14,6 +14,8 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
+from retriever.config.server import ServerConfig
+
 __all__ = ["ASGIApp", "BodyLimitMiddleware", "BodyTooLarge", "Receive", "Scope", "Send", "ServerLimits",
            "send_error", "shown"]
 
@@ -25,31 +27,12 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 @dataclass(frozen=True)
-class ServerLimits:
-    """Limits on requests, checked before the engine sees anything.
+class ServerLimits(ServerConfig):
+    """The ``server`` settings (``retriever.config.server.ServerConfig``) as the HTTP layer uses them."""
 
-    ``max_query_chars`` bounds search text and questions: the text models read at most
-    256 tokens (CLIP 77), so 2,000 characters is already more than any of them uses.
-    """
-
-    max_body_bytes: int = 1 << 20  # a JSON body: search, ask, ingest
-    max_upload_bytes: int = 32 << 20  # the image of POST /search/image, the clip of POST /search/audio
-    max_form_overhead_bytes: int = 1 << 20  # the other fields and boundaries of that form
-    max_query_chars: int = 2000
-    max_k: int = 1000
-    max_where_keys: int = 16
-    max_where_chars: int = 1024  # a where key, a where string value, a source glob
-    max_ingest_paths: int = 1000
-    max_path_chars: int = 4096
-    requests_per_minute: int = 600  # per API key (per client address while the API has no keys)
-    max_concurrent_asks: int = 4  # answers being generated at once (POST /ask and /ask/stream), over all callers
-    max_audio_query_s: int = 120  # the longest clip POST /search/audio transcribes
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ServerLimits.{f.name} expects a whole number >= 1, got {value!r}")
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> ServerLimits:
+        return cls(**{f.name: getattr(config, f.name) for f in fields(config)})
 
     def body_limit(self, path: str) -> int:
         """The most bytes a request body to ``path`` may have."""

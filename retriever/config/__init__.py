@@ -18,6 +18,7 @@ from retriever.config.sections import (
     ModelsConfig,
     SearchConfig,
 )
+from retriever.config.server import ServerConfig
 from retriever.config.settings import Config
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "ModelsConfig",
     "PdfConfig",
     "SearchConfig",
+    "ServerConfig",
     "VideoConfig",
     "eval_data_dir",
 ]

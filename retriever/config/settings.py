@@ -20,6 +20,7 @@ import tomllib
 from retriever.config import env as environment
 from retriever.config.media import AudioConfig, IngestConfig, PdfConfig, VideoConfig
 from retriever.config.sections import IndexConfig, LlmConfig, ModelsConfig, SearchConfig
+from retriever.config.server import ServerConfig
 from retriever.errors import ConfigError
 
 __all__ = ["Config"]
@@ -37,6 +38,7 @@ class Config:
     video: VideoConfig = field(default_factory=VideoConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     llm: LlmConfig = field(default_factory=LlmConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
     # dotted keys set on purpose (mmrag.toml, MMRAG_* variables, overrides), not settable itself:
     # lets a store's recorded models win over defaults but not over a user's explicit choice
     explicit: frozenset[str] = field(default=frozenset(), repr=False, compare=False)

@@ -14,6 +14,8 @@ from fastapi.testclient import TestClient
 
 from pipelines.engine import Engine
 from pipelines.server.app import ServerLimits, create_app
+from retriever.config import Config
+from retriever.errors import ConfigError
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
@@ -154,8 +156,25 @@ def test_limits_are_settings_and_the_schema_states_them(engine: Engine) -> None:
         three = {"text": "chain", "where": {"a": 1, "b": 2, "c": 3}}
         _json_error(c.post("/search", json=three), 422, "at most 2 filters")
         assert c.get("/search", params={"q": "x" * 50}).status_code == 200
-    with pytest.raises(ValueError, match="max_body_bytes expects a whole number >= 1, got 0"):
+    with pytest.raises(ConfigError, match=r"server.max_body_bytes must be an integer >= 1, got 0"):
         ServerLimits(max_body_bytes=0)
+
+
+def test_limits_come_from_the_store_config_and_overrides(tmp_path: Path, text_encoder) -> None:
+    """``[server]`` in mmrag.toml, and ``--set server.KEY=VALUE`` (string overrides), reach the app."""
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "mmrag.toml").write_text("[server]\nmax_query_chars = 50\nmax_k = 30\n")
+    with Engine.open(store, overrides={"models.clip": "none", "server.max_k": "20"}, text=text_encoder) as eng:
+        assert (eng.config.server.max_query_chars, eng.config.server.max_k) == (50, 20)
+        with TestClient(create_app(eng)) as c:
+            _json_error(c.get("/search", params={"q": "x" * 51}), 422, "at most 50 characters")
+            _json_error(c.post("/search", json={"text": "chain", "k": 21}), 422, "'k'", "20")
+            assert c.post("/search", json={"text": "chain", "k": 20}).status_code == 200
+    with pytest.raises(ConfigError, match=r"server.requests_per_minute must be an integer >= 1, got 0"):
+        Config.load(store, {"server.requests_per_minute": "0"}, env={})
+    with pytest.raises(ConfigError, match=r"unknown setting 'server.max_kk'"):
+        Config.load(store, {"server.max_kk": "1"}, env={})
 
 
 @pytest.mark.parametrize(
@@ -182,7 +201,7 @@ def test_bad_content_length_and_wrong_methods_are_json_errors(engine: Engine, cl
 
 
 def test_an_unexpected_failure_is_a_json_500() -> None:
-    broken = SimpleNamespace(store=None)  # an engine without a store: every engine call fails
+    broken = SimpleNamespace(store=None, config=Config())  # an engine without a store: every engine call fails
     with TestClient(create_app(broken), raise_server_exceptions=False) as c:
         resp = c.get("/stats")
         health = c.get("/healthz")
