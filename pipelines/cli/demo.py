@@ -61,7 +61,8 @@ SHAPES = [(c, s) for c in ("red", "green", "blue", "yellow") for s in ("circle",
 
 
 def _repo_data() -> Path:
-    return Path(__file__).resolve().parent.parent / "data"
+    """The sample corpus: ``data/`` at the top of the mmrag sources (this file is pipelines/cli/demo.py)."""
+    return Path(__file__).resolve().parents[2] / "data"
 
 
 def cache_dir() -> Path:

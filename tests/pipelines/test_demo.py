@@ -107,6 +107,12 @@ def test_demo_store_is_one_per_corpus_and_model(tmp_path: Path) -> None:
     assert len({a, other_corpus, other_model}) == 3
 
 
+def test_demo_reads_the_sample_corpus_of_the_sources_by_default() -> None:
+    """Without --data the demo ingests the repository's data/ (notes, PDF, audio), not a folder of its own."""
+    assert demo._repo_data() == REPO / "data"
+    assert {"notes", "pdf", "audio"} <= {p.name for p in (REPO / "data").iterdir() if p.is_dir()}
+
+
 def test_demo_help_tells_where_it_writes() -> None:
     from pipelines.cli.main import build_parser
 
