@@ -32,7 +32,9 @@ class ServerConfig:
     max_ingest_paths: int = 1000
     max_path_chars: int = 4096
     requests_per_minute: int = 600  # per API key (per client address while the API has no keys)
-    max_concurrent_asks: int = 4  # answers being generated at once (POST /ask and /ask/stream), over all callers
+    max_concurrent_asks: int = (
+        4  # answers being generated at once (POST /ask and /ask/stream), over all callers
+    )
     max_audio_query_s: int = 120  # the longest clip POST /search/audio transcribes
 
     def __post_init__(self) -> None:

@@ -21,7 +21,8 @@ def _blocks(language: str) -> list[str]:
 
 def _command_lines() -> list[str]:
     """Every ``mmrag ...`` command of the bash blocks, also those chained after ``&&``."""
-    lines = (part.strip() for block in _blocks("bash") for line in block.splitlines() for part in line.split("&&"))
+    lines = (part.strip() for block in _blocks("bash") for line in block.splitlines()
+             for part in line.split("&&"))
     return [line for line in lines if line.startswith("mmrag ")]
 
 

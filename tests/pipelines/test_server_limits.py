@@ -165,7 +165,8 @@ def test_limits_come_from_the_store_config_and_overrides(tmp_path: Path, text_en
     store = tmp_path / "store"
     store.mkdir()
     (store / "mmrag.toml").write_text("[server]\nmax_query_chars = 50\nmax_k = 30\n")
-    with Engine.open(store, overrides={"models.clip": "none", "server.max_k": "20"}, text=text_encoder) as eng:
+    overrides = {"models.clip": "none", "server.max_k": "20"}
+    with Engine.open(store, overrides=overrides, text=text_encoder) as eng:
         assert (eng.config.server.max_query_chars, eng.config.server.max_k) == (50, 20)
         with TestClient(create_app(eng)) as c:
             _json_error(c.get("/search", params={"q": "x" * 51}), 422, "at most 50 characters")
@@ -201,7 +202,7 @@ def test_bad_content_length_and_wrong_methods_are_json_errors(engine: Engine, cl
 
 
 def test_an_unexpected_failure_is_a_json_500() -> None:
-    broken = SimpleNamespace(store=None, config=Config())  # an engine without a store: every engine call fails
+    broken = SimpleNamespace(store=None, config=Config())  # no store: every engine call fails
     with TestClient(create_app(broken), raise_server_exceptions=False) as c:
         resp = c.get("/stats")
         health = c.get("/healthz")
