@@ -91,7 +91,7 @@ def create_app(engine: Engine, *, allow_ingest_under: list[Path] | None = None,
     app.include_router(status_router(engine, readiness))
     app.include_router(search_router(engine, limits, models))
     app.include_router(ask_router(engine, models))
-    app.include_router(items_router(engine, allowed))
+    app.include_router(items_router(engine, allowed, lambda: engine.store.catalog, limits.link_ttl_s))
     app.include_router(ingest_router(engine, allowed, models, jobs))
     app.include_router(page_router())
     _allow_origins(app, cors_origins)

@@ -3,7 +3,8 @@
 ``AccessMiddleware`` runs before any route. Once the store has an API key that is not revoked
 (or the app was created with ``require_keys=True``), every endpoint but ``/healthz`` needs
 ``Authorization: Bearer KEY``: 401 when the key is missing, unknown or revoked, 403 when its
-scope does not cover the endpoint. The key is checked against the catalog on every request,
+scope does not cover the endpoint. A GET or HEAD of an item's file may instead carry a link
+signature made by ``POST /links`` (``pipelines.server.signed_links``), checked against its key. The key is checked against the catalog on every request,
 so a revoked key stops working at once; the key is never logged or echoed.
 
 The web page's shell (``/`` and its script and style sheet, ``pipelines.server.routes.page``) is
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pipelines.server.limits import ASGIApp, Receive, Scope, Send, ServerLimits, send_error
 from pipelines.server.ratelimit import RateLimiter
+from pipelines.server.signed_links import LinkError, check_link, is_signed
 from retriever.catalog import Catalog
 from retriever.errors import MmragError
 
@@ -91,6 +93,7 @@ class AccessMiddleware:
         self.require_keys = require_keys
         self.rate = RateLimiter(limits.requests_per_minute)
         self.max_asks = limits.max_concurrent_asks
+        self.link_ttl_s = limits.link_ttl_s
         self.asks = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -103,6 +106,7 @@ class AccessMiddleware:
         if isinstance(outcome, Refusal):
             await send_error(send, outcome.status, outcome.message, outcome.type_name, outcome.headers)
             return
+        scope.setdefault("state", {})["caller"] = outcome  # request.state.caller: who signs links
         wait = self.rate.take(outcome)
         if wait:
             await send_error(send, 429, f"too many requests: at most {int(self.rate.capacity)} a minute per "
@@ -131,6 +135,8 @@ class AccessMiddleware:
             if not (self.require_keys or catalog.has_active_api_keys()):
                 return _client(scope)
             token = _bearer(scope)
+            if token is None and method in ("GET", "HEAD") and is_signed(scope):
+                return self._signed(scope, path, catalog)
             if token is None:
                 return _unauthorized("this API needs a key: send `Authorization: Bearer KEY` "
                                      "(`mmrag keys create` makes one)")
@@ -145,3 +151,10 @@ class AccessMiddleware:
                            f"scope {needed!r} or 'admin'", "InsufficientScope",
                            {"WWW-Authenticate": f'Bearer realm="mmrag", error="insufficient_scope", scope="{needed}"'})
         return f"key:{record.id}"
+
+    def _signed(self, scope: Scope, path: str, catalog: Catalog) -> str | Refusal:
+        """The caller of a signed file link (``pipelines.server.signed_links``), or why it is refused."""
+        try:
+            return f"key:{check_link(path, scope.get('query_string', b''), catalog, self.link_ttl_s)}"
+        except LinkError as exc:
+            return _unauthorized(str(exc), "invalid_token")

@@ -36,6 +36,7 @@ __all__ = [
     "IngestForbidden",
     "IngestPathMissing",
     "ItemNotFound",
+    "KeyRevoked",
     "ItemRemoved",
     "RangeNotSatisfiable",
     "SourceChanged",
@@ -57,6 +58,10 @@ class ApiError(Exception):
         super().__init__(message)
         self.message = message
         self.headers = headers
+
+
+class KeyRevoked(ApiError):
+    status = 401
 
 
 class ItemNotFound(ApiError):

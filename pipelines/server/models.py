@@ -23,6 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pipelines.server.limits import ServerLimits, shown
+from pipelines.server.signed_links import FILE_URL_PATTERN, LinkError, parse_file_url
 from retriever.types import Modality
 
 __all__ = [
@@ -37,6 +38,8 @@ __all__ = [
     "IngestRequest",
     "JobBody",
     "JobListBody",
+    "LinksBody",
+    "LinksRequest",
     "RequestModels",
     "SearchRequest",
     "ValidationErrorBody",
@@ -220,6 +223,33 @@ class JobBody(BaseModel):
     report: IngestReportBody | None = Field(description="the ingest report, once done")
     error: str | None = Field(description="why the job failed or was interrupted")
     error_type: str | None
+
+
+def _file_url(value: str) -> str:
+    try:
+        parse_file_url(value)
+    except LinkError as exc:
+        raise PydanticCustomError("file_url", str(exc)) from None
+    return value
+
+
+FileUrl = Annotated[str, Field(max_length=200), AfterValidator(_file_url), WithJsonSchema({
+    "type": "string", "maxLength": 200, "pattern": FILE_URL_PATTERN,
+    "description": "an open_url or thumbnail_url of a hit, without its #fragment"})]
+
+
+class LinksRequest(BaseModel):
+    """The body of ``POST /links``: file URLs to sign."""
+
+    urls: list[FileUrl] = Field(min_length=1, max_length=100)
+
+
+class LinksBody(BaseModel):
+    """The URLs signed, in the order asked; unchanged while the API needs no key."""
+
+    urls: list[str]
+    expires_at: str | None = Field(description="when the signed URLs stop working (UTC, ISO 8601); "
+                                               "null when they were not signed")
 
 
 class JobListBody(BaseModel):

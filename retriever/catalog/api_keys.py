@@ -124,6 +124,15 @@ class ApiKeyQueries(CatalogBase):
             self._touch(record.id)
         return record
 
+    def link_secret(self, key_id: str) -> str | None:
+        """What signs the file links made for the key ``key_id`` (its stored digest, never shown);
+        None once the key is unknown or revoked, so its links stop working with it."""
+        if self._no_keys_table():
+            return None
+        with self.session() as s:
+            row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == key_id, ApiKeyRow.revoked_at.is_(None)))
+            return None if row is None else str(row.digest)
+
     def _touch(self, key_id: str) -> None:
         """Record a use of the key (best effort: a read-only or busy catalog keeps the old time)."""
         if self.read_only:

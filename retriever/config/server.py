@@ -36,6 +36,7 @@ class ServerConfig:
         4  # answers being generated at once (POST /ask and /ask/stream), over all callers
     )
     max_audio_query_s: int = 120  # the longest clip POST /search/audio transcribes
+    link_ttl_s: int = 3600  # how long a signed file link of POST /links works
 
     def __post_init__(self) -> None:
         check = Problems("server")

@@ -392,11 +392,13 @@ def test_with_keys_the_page_asks_for_one_and_says_when_it_is_wrong(page, driver,
         results_for(driver, 3)
         assert dialog.get_attribute("open") is None
         assert driver.execute_script("return sessionStorage.getItem('mmrag.api-key')") == key
-        blobs = ("return [...document.querySelectorAll('#results img')]"
-                 ".filter((i) => i.src.startsWith('blob:') && i.complete && i.naturalWidth > 0).length")
-        wait(driver, lambda d: d.execute_script(blobs) >= 1, "thumbnails fetched with the key")
+        signed = ("return [...document.querySelectorAll('#results img')]"
+                  ".filter((i) => /[?&]sig=/.test(i.src) && i.complete && i.naturalWidth > 0).length")
+        wait(driver, lambda d: d.execute_script(signed) >= 1, "thumbnails through links signed for the key")
         late = next(c for c in cards(driver) if citation(c) == "jfk.flac @ 00:08–00:11")
         assert 8.0 <= media_time(driver, late) < 9.0
+        src = late.find_element(By.CSS_SELECTOR, "audio, video").get_attribute("src")
+        assert "sig=" in src and not src.startswith("blob:"), src  # streamed from the server, not a blob
     finally:
         _cli("keys", "revoke", "--store", str(store), "browser")
         driver.execute_script("sessionStorage.clear()")

@@ -82,6 +82,7 @@ def _requests(engine: Engine, corpus: dict[str, Path]) -> list[tuple[str, str, d
         ("POST", "/search/audio", {"files": {"audio": ("jfk.flac", io.BytesIO(speech), "audio/flac")}}, "read"),
         ("GET", f"/items/{text_id}/open", {}, "read"),
         ("GET", f"/items/{visual_id}/thumbnail", {}, "read"),
+        ("POST", "/links", {"json": {"urls": [f"/items/{visual_id}/thumbnail"]}}, "read"),
         ("POST", "/ingest", {"json": {"paths": [str(corpus["inbox"])]}}, "ingest"),
         ("GET", "/jobs", {}, "ingest"),
     ]

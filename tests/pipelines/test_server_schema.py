@@ -83,5 +83,6 @@ def test_the_server_conforms_to_its_schema(engine: Engine) -> None:
     assert not failures, f"{len(failures)} failure(s):\n" + "\n\n".join(failures)
     operations = {"GET /healthz", "GET /readyz", "GET /stats", "GET /search", "POST /search", "POST /search/image",
                   "POST /search/audio", "POST /ask", "POST /ask/stream", "GET /items/{item_id}/open",
-                  "GET /items/{item_id}/thumbnail", "POST /ingest", "GET /jobs", "GET /jobs/{job_id}"}
+                  "GET /items/{item_id}/thumbnail", "POST /links", "POST /ingest", "GET /jobs",
+                  "GET /jobs/{job_id}"}
     assert set(cases) == operations and all(n >= 1 for n in cases.values()), cases

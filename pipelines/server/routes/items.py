@@ -1,9 +1,13 @@
-"""``GET /items/{id}/open`` (the evidence file itself) and ``GET /items/{id}/thumbnail``, with HEAD.
+"""``GET /items/{id}/open`` (the evidence file itself) and ``GET /items/{id}/thumbnail``, with HEAD,
+and ``POST /links``, which signs those URLs for a browser that cannot send the key.
 
 Only source files of the store's catalog are served, and only while they hold what was ingested
 (``pipelines.server.evidence``); an item that existed and was removed is a 410, not a 404.
 """
 
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,10 +16,11 @@ from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from pipelines.engine import Engine
-from pipelines.server.errors import ItemNotFound, ItemRemoved
+from pipelines.server.errors import ItemNotFound, ItemRemoved, KeyRevoked
 from pipelines.server.evidence import OpenedFile, VerifiedFiles, file_response, open_source, open_thumbnail
-from pipelines.server.models import BINARY, MAX_ITEM_ID, VERSION_PATTERN, responses
-from retriever.catalog import ItemRecord
+from pipelines.server.models import BINARY, MAX_ITEM_ID, VERSION_PATTERN, LinksBody, LinksRequest, responses
+from pipelines.server.signed_links import sign_url
+from retriever.catalog import Catalog, ItemRecord
 
 __all__ = ["items_router"]
 
@@ -31,10 +36,28 @@ _THUMB_OK: dict[int | str, dict[str, Any]] = {
 }
 
 
-def items_router(engine: Engine, allowed: list[Path]) -> APIRouter:
-    """The evidence routes; a source under ``allowed`` must still resolve inside those directories."""
+def items_router(engine: Engine, allowed: list[Path], catalog: Callable[[], Catalog],
+                 link_ttl_s: int) -> APIRouter:
+    """The evidence routes; a source under ``allowed`` must still resolve inside those directories.
+    ``catalog()`` holds the API keys that sign links."""
     router = APIRouter()
     verified = VerifiedFiles()
+
+    @router.post("/links", response_model=LinksBody, responses=responses(422))
+    def links(request: Request, body: LinksRequest) -> LinksBody:
+        """File URLs (``open_url``, ``thumbnail_url``) signed for the calling key, to load in an
+        ``<img>``, ``<video>`` or a new tab, which cannot send the key; they work for
+        ``server.link_ttl_s`` seconds, until the key is revoked, and only for that file."""
+        caller = str(getattr(request.state, "caller", ""))
+        if not caller.startswith("key:"):
+            return LinksBody(urls=body.urls, expires_at=None)  # no key needed: the URLs work as they are
+        key_id = caller.removeprefix("key:")
+        secret = catalog().link_secret(key_id)
+        if secret is None:  # revoked between the access check and here
+            raise KeyRevoked(f"key {key_id} is no longer in use", {"WWW-Authenticate": 'Bearer realm="mmrag"'})
+        expires = int(time.time()) + link_ttl_s
+        return LinksBody(urls=[sign_url(url, key_id, secret, expires) for url in body.urls],
+                         expires_at=datetime.fromtimestamp(expires, timezone.utc).isoformat())
 
     @router.get("/items/{item_id}/thumbnail", response_class=Response,
                 responses={**_THUMB_OK, **responses(400, 404, 410, 416, 422)})

@@ -4,8 +4,8 @@ One page, no build step: HTML, CSS and JavaScript from the package data (``pipel
 The shell holds no data and needs no API key (``pipelines.server.auth``); the page calls the API
 from the browser, with the key the user gives it. Its Content-Security-Policy allows scripts,
 styles, fetches and media from this origin only (no inline script, nothing external); images
-and media may also come from ``blob:`` URLs, which the page makes from files fetched with the key
-and from the query image the user picked.
+and media may also come from ``blob:`` URLs, which the page makes from the query image or clip the
+user picked. With a key, the store's files load through links that ``POST /links`` signed for it.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 // The mmrag web page: search by text, image or audio clip, ask with a streamed answer, store status.
 // Plain DOM code, no framework. Every text from the store is set with textContent or as an
 // attribute value, never parsed as HTML. The API key (when the server needs one) lives in
-// sessionStorage and travels in the Authorization header; files that need it are fetched and
-// shown from blob: URLs.
+// sessionStorage and travels in the Authorization header; files are then loaded through links
+// that POST /links signed for the key (an <img>, <video> or new tab cannot send the header).
 'use strict';
 
 (() => {
@@ -13,7 +13,7 @@
   const STOP = new Set(('a an and are as at be by do does did for from how in is it of on or the this that to ' +
                         'was were what when where which who why with about').split(' '));
   const $ = (id) => document.getElementById(id);
-  const state = {media: null, previewUrl: null, blobs: [], searchSeq: 0, askSeq: 0, askAbort: null,
+  const state = {media: null, previewUrl: null, toSign: [], searchSeq: 0, askSeq: 0, askAbort: null,
                  pending: new Map(), jobTimer: null};
 
   // ---- DOM helpers ----------------------------------------------------------------------------
@@ -118,24 +118,37 @@
     $('key-dialog').close();
     const retries = [...state.pending.values()];
     state.pending.clear();
-    revokeBlobs();
     for (const retry of retries) retry();
   }
 
-  // A file of the store as a URL the browser can load: the path itself without a key, or a blob: URL
-  // of it fetched with the key (an <img> or <video> cannot send the Authorization header).
+  // A file of the store as a URL the browser can load: the path itself without a key, or the path
+  // signed for the key by POST /links, which the browser then streams with Range requests.
   async function fileUrl(url) {
-    const [path, fragment] = url.split('#');
     if (!apiKey()) return url;
-    const blob = await (await api(path)).blob();
-    const made = URL.createObjectURL(blob);
-    state.blobs.push(made);
-    return fragment ? `${made}#${fragment}` : made;
+    const parsed = new URL(url, document.baseURI);
+    const signed = await signLink(parsed.pathname + parsed.search);
+    return parsed.hash ? `${signed}${parsed.hash}` : signed;
   }
 
-  function revokeBlobs() {
-    for (const url of state.blobs) URL.revokeObjectURL(url);
-    state.blobs = [];
+  // Links asked for together (the thumbnails of one result list) are signed in one request.
+  function signLink(path) {
+    return new Promise((resolve, reject) => {
+      state.toSign.push({path, resolve, reject});
+      if (state.toSign.length === 1) setTimeout(signWaiting, 0);
+    });
+  }
+
+  async function signWaiting() {
+    const batch = state.toSign.splice(0, 100);
+    if (state.toSign.length) setTimeout(signWaiting, 0);
+    try {
+      const resp = await api('links', {method: 'POST', headers: {'Content-Type': 'application/json'},
+                                       body: JSON.stringify({urls: batch.map((b) => b.path)})});
+      const signed = (await resp.json()).urls;
+      batch.forEach((b, i) => b.resolve(signed[i]));
+    } catch (err) {
+      batch.forEach((b) => b.reject(err));
+    }
   }
 
   // ---- the query in the URL -------------------------------------------------------------------
@@ -308,7 +321,7 @@
     return bar;
   }
 
-  // With a key, links to files open a blob: URL of the file fetched with the key.
+  // With a key, links to files open the file through a link signed for the key.
   function openWithKey(event) {
     if (!apiKey()) return;
     event.preventDefault();
