@@ -4,8 +4,9 @@
 (or the app was created with ``require_keys=True``), every endpoint but ``/healthz`` needs
 ``Authorization: Bearer KEY``: 401 when the key is missing, unknown or revoked, 403 when its
 scope does not cover the endpoint. A GET or HEAD of an item's file may instead carry a link
-signature made by ``POST /links`` (``pipelines.server.signed_links``), checked against its key. The key is checked against the catalog on every request,
-so a revoked key stops working at once; the key is never logged or echoed.
+signature made by ``POST /links`` (``pipelines.server.signed_links``), checked against its key.
+The key is checked against the catalog on every request, so a revoked key stops working at once;
+the key is never logged or echoed.
 
 The web page's shell (``/`` and its script and style sheet, ``pipelines.server.routes.page``) is
 open too: it holds no data, and it asks the user for a key that it then sends with each call.
