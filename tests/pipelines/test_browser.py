@@ -399,6 +399,7 @@ def test_with_keys_the_page_asks_for_one_and_says_when_it_is_wrong(page, driver,
         assert 8.0 <= media_time(driver, late) < 9.0
         src = late.find_element(By.CSS_SELECTOR, "audio, video").get_attribute("src")
         assert "sig=" in src and not src.startswith("blob:"), src  # streamed from the server, not a blob
+        shots(driver, "with-key")
     finally:
         _cli("keys", "revoke", "--store", str(store), "browser")
         driver.execute_script("sessionStorage.clear()")
