@@ -28,12 +28,12 @@ from retriever.catalog import Catalog
 __all__ = ["FILE_PATH", "FILE_URL_PATTERN", "LinkError", "check_link", "is_signed", "parse_file_url",
            "sign_url"]
 
-FILE_PATH = re.compile(r"^/items/([1-9][0-9]{0,18})/(open|thumbnail)$")
-_FILE_URL = re.compile(r"^(?P<root>(?:/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~\-]+)*?)"
-                       r"(?P<path>/items/[1-9][0-9]{0,18}/(?:open|thumbnail))$")
+_ITEM_FILE = r"/items/[1-9][0-9]{0,18}/(?:open|thumbnail)"  # the file routes of an item
+_ROOT_SEGMENT = r"/(?!\.{1,2}(?:/|$))[A-Za-z0-9._~\-]+"  # a segment of the app's root path, not . or ..
+FILE_PATH = re.compile(f"^{_ITEM_FILE}$")
+_FILE_URL = re.compile(f"^(?P<root>(?:{_ROOT_SEGMENT})*?)(?P<path>{_ITEM_FILE})$")
 # what POST /links accepts, as its schema states it (the app's root path, the file, an optional version)
-FILE_URL_PATTERN = (r"^(/(?!\.{1,2}/)[A-Za-z0-9._~-]+)*"
-                    r"/items/[1-9][0-9]{0,18}/(open|thumbnail)(\?v=[0-9a-f]{16})?$")
+FILE_URL_PATTERN = f"^(?:{_ROOT_SEGMENT})*{_ITEM_FILE}(?:\\?v=[0-9a-f]{{16}})?$"
 _VERSION = re.compile(r"^[0-9a-f]{16}$")
 _KEY_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 
