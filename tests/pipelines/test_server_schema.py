@@ -86,3 +86,15 @@ def test_the_server_conforms_to_its_schema(engine: Engine) -> None:
                   "GET /items/{item_id}/thumbnail", "POST /links", "POST /ingest", "GET /jobs",
                   "GET /jobs/{job_id}"}
     assert set(cases) == operations and all(n >= 1 for n in cases.values()), cases
+
+
+def test_every_route_with_a_body_documents_the_body_errors(engine: Engine) -> None:
+    """Any request body can be unparseable (400), over its limit (413) or the wrong shape (422):
+    the middleware and the parser answer these before the route runs, so every such route says so."""
+    paths = create_app(engine).openapi()["paths"]
+    bodied = {f"{method.upper()} {path}": set(op["responses"])
+              for path, ops in paths.items() for method, op in ops.items() if "requestBody" in op}
+    assert "POST /links" in bodied and "POST /ask" in bodied, sorted(bodied)
+    missing = {op: sorted({"400", "413", "422"} - codes) for op, codes in bodied.items()
+               if not {"400", "413", "422"} <= codes}
+    assert not missing, missing

@@ -43,7 +43,7 @@ def items_router(engine: Engine, allowed: list[Path], catalog: Callable[[], Cata
     router = APIRouter()
     verified = VerifiedFiles()
 
-    @router.post("/links", response_model=LinksBody, responses=responses(422))
+    @router.post("/links", response_model=LinksBody, responses=responses(400, 413, 422))
     def links(request: Request, body: LinksRequest) -> LinksBody:
         """File URLs (``open_url``, ``thumbnail_url``) signed for the calling key, to load in an
         ``<img>``, ``<video>`` or a new tab, which cannot send the key; they work for
