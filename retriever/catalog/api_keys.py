@@ -120,18 +120,27 @@ class ApiKeyQueries(CatalogBase):
             if row is None or row.revoked_at is not None or not hmac.compare_digest(row.digest, key_digest(key)):
                 return None
             record = api_key_record(row)
-        if record.last_used_at is None or utcnow() - record.last_used_at >= _TOUCH_EVERY:
-            self._touch(record.id)
+        self._touch_when_stale(record)
         return record
 
     def link_secret(self, key_id: str) -> str | None:
         """What signs the file links made for the key ``key_id`` (its stored digest, never shown);
-        None once the key is unknown or revoked, so its links stop working with it."""
+        None once the key is unknown or revoked, so its links stop working with it. Signing or
+        following a link is a use of the key: it updates ``last_used_at`` as a key sent in a header does."""
         if self._no_keys_table():
             return None
         with self.session() as s:
             row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.prefix == key_id, ApiKeyRow.revoked_at.is_(None)))
-            return None if row is None else str(row.digest)
+            if row is None:
+                return None
+            digest, record = str(row.digest), api_key_record(row)
+        self._touch_when_stale(record)
+        return digest
+
+    def _touch_when_stale(self, record: ApiKeyRecord) -> None:
+        """Record a use of the key unless one was recorded less than ``_TOUCH_EVERY`` ago."""
+        if record.last_used_at is None or utcnow() - record.last_used_at >= _TOUCH_EVERY:
+            self._touch(record.id)
 
     def _touch(self, key_id: str) -> None:
         """Record a use of the key (best effort: a read-only or busy catalog keeps the old time)."""

@@ -4,17 +4,21 @@ tab, which cannot send the API key. A link opens one file, until it expires or i
 from __future__ import annotations
 
 import shutil
+import time
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import update
 
 from pipelines.engine import Engine
 from pipelines.server.app import create_app
 from pipelines.server.limits import ServerLimits
 from pipelines.server.signed_links import LinkError, check_link, sign_url
 from pipelines.synthetic import generate
+from retriever.catalog.models import ApiKeyRow, utcnow
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 
@@ -118,6 +122,16 @@ def test_links_take_only_item_files_and_the_ttl_is_a_setting(engine: Engine, key
                                 headers=auth).json()["urls"]
     assert rooted.startswith("/mmrag/items/1/thumbnail?") and rooted.split("?")[1] == signed.split("?")[1]
     exp = int(parse_qs(urlsplit(signed).query)["exp"][0])
-    import time
-
     assert 100 <= exp - time.time() <= 121
+
+
+def test_following_a_signed_link_is_a_use_of_its_key(engine: Engine, urls, key) -> None:
+    note, _ = urls
+    with TestClient(create_app(engine)) as c:
+        signed = c.post("/links", json={"urls": [note]}, headers={"Authorization": f"Bearer {key.key}"}).json()
+        long_ago = utcnow() - timedelta(days=3)
+        with engine.store.catalog.transaction() as s:
+            s.execute(update(ApiKeyRow).where(ApiKeyRow.prefix == key.record.id).values(last_used_at=long_ago))
+        assert c.get(signed["urls"][0]).status_code == 200
+    used = next(k for k in engine.store.catalog.api_keys() if k.id == key.record.id).last_used_at
+    assert used is not None and used > long_ago + timedelta(days=2)  # `mmrag keys list` shows the link's use
