@@ -76,7 +76,7 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
     p.add_argument("text", nargs="?", default=None, help="query text (optional with --image or --audio)")
     p.add_argument("--image", help="query image file")
     p.add_argument("--audio", help="query audio clip (its speech becomes the query text)")
-    p.add_argument("--k", type=int, default=None, help="number of results (default: search.k, 10)")
+    p.add_argument("-k", "--k", type=int, default=None, help="number of results (default: search.k, 10)")
     p.add_argument("--modality", action="append", default=[], help="text|image|pdf|audio|video (repeatable)")
     p.add_argument("--source", help="glob on the source path")
     p.add_argument("--where", action="append", default=[], metavar="KEY=VALUE", help="metadata equality filter")
@@ -87,7 +87,7 @@ def _add_search(sub: argparse._SubParsersAction[_Parser]) -> None:
 def _add_ask(sub: argparse._SubParsersAction[_Parser]) -> None:
     p = sub.add_parser("ask", help="answer a question from the indexed evidence, with citations")
     p.add_argument("question", help="the question to answer")
-    p.add_argument("--k", type=int, default=8, help="evidence items to retrieve (default: 8)")
+    p.add_argument("-k", "--k", type=int, default=8, help="evidence items to retrieve (default: 8)")
     p.add_argument("--llm", help=LLM_HELP)
     p.add_argument("--modality", action="append", default=[],
                    help="only use evidence of this modality: text|image|pdf|audio|video (repeatable)")
@@ -132,7 +132,7 @@ def _add_eval(sub: argparse._SubParsersAction[_Parser]) -> None:
     t.add_argument("--captions", help="JSON image file -> list of captions (default: DIR/captions.json)")
     t = tasks.add_parser("answers", help="share of answers citing the expected evidence; citation validity")
     t.add_argument("file", help="JSON/JSONL questions with expected evidence locators")
-    t.add_argument("--k", type=int, default=8, help="evidence items per question (default: 8)")
+    t.add_argument("-k", "--k", type=int, default=8, help="evidence items per question (default: 8)")
     t.add_argument("--llm", help=LLM_HELP)
     for t in tasks.choices.values():
         t.add_argument("--out", help="write the results JSON here")

@@ -43,6 +43,8 @@ def test_ingest_search_stats_remove_json(tmp_path: Path, docs: Path) -> None:
     assert json.loads(strict.stdout)["unchanged"] == 2
 
     found = json.loads(_run("search", "first widely used word processing program", "--k", "3", "--json", store=store).stdout)
+    short = json.loads(_run("search", "first widely used word processing program", "-k", "1", "--json", store=store).stdout)
+    assert len(found["hits"]) == 3 and [h["item_id"] for h in short["hits"]] == [found["hits"][0]["item_id"]]
     top = found["hits"][0]
     assert top["source_name"] == "history.md" and "WordStar" in top["text"]
     assert set(top) >= {"item_id", "score", "scores", "modality", "source", "locator", "text", "thumbnail", "citation"}
