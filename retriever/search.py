@@ -25,7 +25,7 @@ from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
 from retriever.filters import index_filter, passes
-from retriever.fusion import fuse, rrf_fuse
+from retriever.fusion import collapse_copies, copy_key, fuse, rrf_fuse
 from retriever.index.base import IndexFilter
 from retriever.store import Store
 from retriever.types import CLIP_SPACES, Hit, ItemKind, Modality, RunName, Space
@@ -160,7 +160,7 @@ class Retriever:
                 fused = self.fuse(runs)
             with timer("hydrate"):
                 # MMR re-ranks the whole filtered pool; otherwise only the top k is hydrated
-                kept, records = self._hydrate(fused, query, len(fused) if use_mmr else query.k)
+                kept, records, copies = self._hydrate(fused, query, len(fused) if use_mmr else query.k)
             if len(kept) >= query.k or exhausted:
                 break
             depth *= 4
@@ -168,7 +168,7 @@ class Retriever:
             with timer("mmr"):
                 kept = self._mmr(kept, query.k)
         with timer("hits"):
-            return [self._hit(records[i], s, runs) for i, s in kept[: query.k]]
+            return [self._hit(records[i], s, runs, [records[c] for c in copies.get(i, [])]) for i, s in kept[: query.k]]
 
     def candidates(
         self, query: Query, depth: int, timings: MutableMapping[str, float] | None = None
@@ -304,22 +304,34 @@ class Retriever:
 
     def _hydrate(
         self, fused: Sequence[tuple[int, float]], query: Query, need: int
-    ) -> tuple[list[tuple[int, float]], dict[int, ItemRecord]]:
-        """Catalog records of the best fused items that pass the filters, ``need`` of them at most.
+    ) -> tuple[list[tuple[int, float]], dict[int, ItemRecord], dict[int, list[int]]]:
+        """Catalog records of the best fused items that pass the filters, ``need`` of them at most,
+        and the copies folded into each (``search.collapse_copies``: the same passage in another file
+        is one result, ``fusion.copy_key``).
 
-        Reads the catalog in growing windows, so an unfiltered query reads only its top k.
+        Reads the catalog in growing windows, so an unfiltered query reads only its top k (and a few
+        more when copies were folded).
         """
         filtered = bool(query.modalities or query.where)
         kept: list[tuple[int, float]] = []
         records: dict[int, ItemRecord] = {}
+        copies: dict[int, list[int]] = {}
+        seen: dict[object, int] = {}
         pos, window = 0, need if not filtered else max(2 * need, 32)
         while pos < len(fused) and len(kept) < need:
             chunk = fused[pos : pos + window]
             records.update(self.store.catalog.items([i for i, _ in chunk]))
-            kept += [(i, s) for i, s in chunk if i in records and passes(records[i], query.modalities, query.where)]
+            passing = [(i, s) for i, s in chunk if i in records and passes(records[i], query.modalities, query.where)]
+            if self.config.collapse_copies:
+                keys = {i: copy_key(records[i].modality.value, records[i].kind, records[i].text,
+                                    records[i].thumbnail is not None) for i, _ in passing}
+                passing, found = collapse_copies(passing, keys, seen)
+                for first, more in found.items():
+                    copies.setdefault(first, []).extend(more)
+            kept += passing
             pos += len(chunk)
             window *= 4
-        return kept[:need], records
+        return kept[:need], records, copies
 
     def _dense(self, space_names: Sequence[str], vec: np.ndarray, depth: int, where: IndexFilter) -> Run:
         """The top ``depth`` of one or more spaces of one model, merged by score (ties by id).
@@ -362,7 +374,7 @@ class Retriever:
             remaining.remove(best)
         return [kept[j] for j in chosen]
 
-    def _hit(self, rec: ItemRecord, score: float, runs: Mapping[str, Run]) -> Hit:
+    def _hit(self, rec: ItemRecord, score: float, runs: Mapping[str, Run], copies: Sequence[ItemRecord]) -> Hit:
         scores = {n: r.scores[rec.id] for n, r in runs.items() if rec.id in r.scores}
         ranks = {n: r.ids.index(rec.id) + 1 for n, r in runs.items() if rec.id in r.scores}
         image = self.store.resolve_media(rec.preview)
@@ -382,4 +394,5 @@ class Retriever:
             thumbnail_path=self.store.resolve_media(rec.thumbnail),
             image_path=image,
             metadata=rec.metadata,
+            copies=tuple(c.locator.render(c.source_display) for c in copies),
         )

@@ -297,6 +297,7 @@ class Hit:
     thumbnail_path: str | None
     image_path: str | None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    copies: tuple[str, ...] = ()  # citations of the same passage in other places, folded into this hit
 
     @property
     def citation(self) -> str:
@@ -323,4 +324,5 @@ class Hit:
             "thumbnail": self.thumbnail_path,
             "image": self.image_path,
             "metadata": dict(self.metadata),
+            "copies": list(self.copies),
         }

@@ -73,6 +73,8 @@ def format_hits(hits: list[Hit]) -> str:
             out.append(f"     {printable(hit.snippet)}")
         elif hit.thumbnail_path:
             out.append(f"     thumbnail: {printable(hit.thumbnail_path)}")
+        if hit.copies:
+            out.append(f"     also in: {printable('; '.join(hit.copies))}")
     return "\n".join(out)
 
 

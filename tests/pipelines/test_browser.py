@@ -59,6 +59,8 @@ def corpus(eval_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
     shutil.copy(eval_dir / "pdf" / "docling__multi_page.pdf", docs / "multi_page.pdf")
     shutil.copy(eval_dir / "audio" / "jfk.flac", docs / "jfk.flac")
     shutil.copy(eval_dir / "video" / "big_buck_bunny_small.mp4", docs / "bunny.mp4")
+    for name in ("crazy_ones.txt", "crazy_ones (copy).txt"):  # one file saved twice: one result
+        shutil.copy(eval_dir / "pdf" / "groundtruth" / "pypdf__crazyones.txt", docs / name)
     (docs / "broken.jpg").write_bytes(photos[0].read_bytes()[:2000])  # a truncated JPEG: fails, with a reason
     for clip in sorted((eval_dir / "audio").glob("librispeech_*.wav"))[:3]:  # for an ingest job during the tests
         shutil.copy(clip, inbox / clip.name)
@@ -74,7 +76,7 @@ def store(corpus: dict[str, Any], tiny_clip_spec: str, tiny_clip_encoder, text_e
     with Engine.open(corpus["store"], overrides=overrides, clip=tiny_clip_encoder, text=text_encoder) as eng:
         report = eng.ingest([corpus["docs"]])
     assert [Path(f["path"]).name for f in report.to_dict()["failed"]] == ["broken.jpg"], report.to_dict()
-    assert report.added == PHOTOS + 3
+    assert report.added == PHOTOS + 5
     return corpus["store"]
 
 
@@ -260,6 +262,15 @@ def test_a_pdf_hit_opens_the_pdf_at_its_page(page) -> None:
     number = int(link.text.split()[-1])
     url = opened_window_url(driver, link.click, f"#page={number}")
     assert re.search(rf"/items/\d+/open\?v=[0-9a-f]{{16}}#page={number}$", url), url
+
+
+def test_a_passage_in_two_files_is_one_result_that_names_the_other(page) -> None:
+    driver = page("/?q=misfits+rebels+troublemakers&modality=text")
+    found = [c for c in results_for(driver) if "crazy_ones" in c.find_element(By.CSS_SELECTOR, ".citation").text]
+    assert len(found) == 1, [c.text for c in found]
+    citation = found[0].find_element(By.CSS_SELECTOR, ".citation").text
+    other = "crazy_ones (copy).txt" if citation.startswith("crazy_ones.txt") else "crazy_ones.txt"
+    assert found[0].find_element(By.CSS_SELECTOR, ".copies").text == f"Also in: {other}"
 
 
 def test_an_audio_hit_plays_from_the_start_of_its_span(page) -> None:

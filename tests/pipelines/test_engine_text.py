@@ -127,3 +127,30 @@ def test_opening_with_other_models_fails(
         eng.ingest([corpus])
     with pytest.raises(StoreMismatchError, match="clip"):
         Engine.open(store, overrides={"models.clip": tiny_clip_spec}, clip=tiny_clip_encoder, text=text_encoder)
+
+
+def test_a_file_saved_twice_is_one_result_that_names_its_copy(tmp_path: Path, corpus: Path, eval_dir: Path,
+                                                               text_encoder) -> None:
+    for name in ("crazy_ones.pdf", "crazy_ones (copy).pdf"):
+        shutil.copy(eval_dir / "pdf/pypdf__crazyones.pdf", corpus / name)
+    question = "a tribute to the misfits, rebels and troublemakers"
+    store = tmp_path / "store"
+    with Engine.open(store, overrides={"models.clip": "none"}, text=text_encoder) as eng:
+        assert not eng.ingest([corpus]).failed
+        hits = eng.search(text=question, k=50)  # more than the candidates: every one that counts
+        top = eng.search(text=question, k=2)  # the copy's place goes to the next result
+    assert [h.item_id for h in top] == [h.item_id for h in hits[:2]]
+    pdf_chunks = [h for h in hits if h.modality.value == "pdf" and h.kind == "chunk"]
+    assert len(pdf_chunks) == 1, [h.citation for h in hits]
+    (kept,) = pdf_chunks
+    assert kept.item_id in [h.item_id for h in top]
+    other = "crazy_ones (copy).pdf" if kept.source_name == "crazy_ones.pdf" else "crazy_ones.pdf"
+    assert kept.copies == (f"{other} p.1",) and kept.to_dict()["copies"] == [f"{other} p.1"]
+    assert all(h.copies == () for h in hits if h is not kept)
+    with Engine.open(store, overrides={"models.clip": "none", "search.collapse_copies": False},
+                     text=text_encoder) as eng:
+        unfolded = eng.search(text=question, k=50)
+    assert {h.source_name for h in unfolded if h.kind == "chunk" and h.modality.value == "pdf"} == {
+        "crazy_ones.pdf", "crazy_ones (copy).pdf"}
+    assert all(h.copies == () for h in unfolded)
+    assert len(hits) == len(unfolded) - 1 < 50

@@ -294,6 +294,9 @@
       el('span', {class: 'citation', text: citation})));
     if (hit.thumbnail_url && sameOrigin(hit.thumbnail_url)) item.append(thumbnail(hit, citation));
     if (hit.text) item.append(el('p', {class: 'snippet'}, highlighted(snippet(String(hit.text), terms), terms)));
+    if (Array.isArray(hit.copies) && hit.copies.length) {
+      item.append(el('p', {class: 'copies', text: `Also in: ${hit.copies.map(String).join('; ')}`}));
+    }
     item.append(actions(hit, citation, item), scoreDetails(hit));
     return item;
   }
