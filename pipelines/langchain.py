@@ -73,6 +73,7 @@ def hit_to_document(hit: Hit) -> Document:
         "scores": dict(hit.scores),
         "thumbnail": hit.thumbnail_path,
         "image": hit.image_path,
+        "copies": list(hit.copies),
     }
     return Document(page_content=text, metadata=metadata, id=str(hit.item_id))
 

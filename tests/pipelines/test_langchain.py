@@ -83,6 +83,7 @@ def test_retriever_returns_documents_with_metadata(fake_searcher, hits):
     }
     assert text.metadata["modality"] == "pdf" and text.metadata["score"] == pytest.approx(0.033)
     assert text.metadata["item_id"] == 7 and text.id == "7"
+    assert text.metadata["copies"] == []
     assert photo.page_content == "photo typewriter.jpg: An old black typewriter on a desk"
     assert photo.metadata["image"] == "/photos/typewriter.jpg"
     assert photo.metadata["thumbnail"] == "/store/thumbs/9.jpg"
