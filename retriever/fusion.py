@@ -15,12 +15,10 @@ Both break ties by item id, so a ranking never depends on dictionary order.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
-__all__ = ["FUSIONS", "NORMALISATIONS", "Fusion", "Normalisation", "collapse_copies", "copy_key", "fuse", "normalise",
-           "rrf_fuse", "score_fuse"]
+__all__ = ["FUSIONS", "NORMALISATIONS", "Fusion", "Normalisation", "fuse", "normalise", "rrf_fuse", "score_fuse"]
 
 Fusion = Literal["rrf", "score"]
 Normalisation = Literal["minmax", "zscore"]
@@ -87,35 +85,3 @@ def fuse(
     if method == "rrf":
         return rrf_fuse({name: [i for i, _ in pairs] for name, pairs in runs.items()}, weights, rrf_k)
     raise ValueError(f"unknown fusion {method!r}; expected one of {', '.join(FUSIONS)}")
-
-
-MIN_COPY_CHARS = 40  # shorter texts (a spoken "thank you") repeat without being copies
-
-
-def copy_key(modality: str, kind: str, text: str | None, visual: bool) -> tuple[str, str, str] | None:
-    """What makes two text items copies of one passage: the same modality, kind and text (case,
-    whitespace and Unicode compatibility forms such as ligatures aside), at least ``MIN_COPY_CHARS`` long. Visual items are never copies by text: two
-    keyframes under one transcript window are two moments."""
-    if visual or not text:
-        return None
-    norm = " ".join(unicodedata.normalize("NFKC", text).split()).casefold()
-    return (modality, kind, norm) if len(norm) >= MIN_COPY_CHARS else None
-
-
-def collapse_copies(
-    ranked: Sequence[tuple[int, float]], keys: Mapping[int, object | None], seen: dict[object, int],
-) -> tuple[list[tuple[int, float]], dict[int, list[int]]]:
-    """``ranked`` without the items whose key (``keys``; None: unique) an earlier item has, and for
-    each kept item the ids of its copies. ``seen`` (key -> kept id) carries over between calls, so a
-    list can be read in windows."""
-    kept: list[tuple[int, float]] = []
-    copies: dict[int, list[int]] = {}
-    for item_id, score in ranked:
-        key = keys.get(item_id)
-        if key is not None and key in seen:
-            copies.setdefault(seen[key], []).append(item_id)
-            continue
-        if key is not None:
-            seen[key] = item_id
-        kept.append((item_id, score))
-    return kept, copies

@@ -13,7 +13,7 @@ import contextlib
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -25,7 +25,8 @@ from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
 from retriever.filters import index_filter, passes
-from retriever.fusion import collapse_copies, copy_key, fuse, rrf_fuse
+from retriever.copies import collapse_copies, copy_key
+from retriever.fusion import fuse, rrf_fuse
 from retriever.index.base import IndexFilter
 from retriever.store import Store
 from retriever.types import CLIP_SPACES, Hit, ItemKind, Modality, RunName, Space
@@ -306,8 +307,8 @@ class Retriever:
         self, fused: Sequence[tuple[int, float]], query: Query, need: int
     ) -> tuple[list[tuple[int, float]], dict[int, ItemRecord], dict[int, list[int]]]:
         """Catalog records of the best fused items that pass the filters, ``need`` of them at most,
-        and the copies folded into each (``search.collapse_copies``: the same passage in another file
-        is one result, ``fusion.copy_key``).
+        and the copies folded into each (``search.collapse_copies``: the same passage, photo or page
+        in another file is one result, ``retriever.copies``).
 
         Reads the catalog in growing windows, so an unfiltered query reads only its top k (and a few
         more when copies were folded).
@@ -316,16 +317,14 @@ class Retriever:
         kept: list[tuple[int, float]] = []
         records: dict[int, ItemRecord] = {}
         copies: dict[int, list[int]] = {}
-        seen: dict[object, int] = {}
+        seen: dict[Hashable, int] = {}
         pos, window = 0, need if not filtered else max(2 * need, 32)
         while pos < len(fused) and len(kept) < need:
             chunk = fused[pos : pos + window]
             records.update(self.store.catalog.items([i for i, _ in chunk]))
             passing = [(i, s) for i, s in chunk if i in records and passes(records[i], query.modalities, query.where)]
             if self.config.collapse_copies:
-                keys = {i: copy_key(records[i].modality.value, records[i].kind, records[i].text,
-                                    records[i].thumbnail is not None) for i, _ in passing}
-                passing, found = collapse_copies(passing, keys, seen)
+                passing, found = collapse_copies(passing, {i: copy_key(records[i]) for i, _ in passing}, seen)
                 for first, more in found.items():
                     copies.setdefault(first, []).extend(more)
             kept += passing

@@ -105,6 +105,7 @@ class ItemRecord:
     thumbnail: str | None
     preview: str | None
     metadata: Mapping[str, Any]
+    source_hash: str | None = None  # the content hash of the source's bytes (copies: ``retriever.copies``)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def source_record(row: SourceRow) -> SourceRecord:
     )
 
 
-def item_record(row: ItemRow, uri: str, display: str) -> ItemRecord:
+def item_record(row: ItemRow, uri: str, display: str, source_hash: str | None = None) -> ItemRecord:
     return ItemRecord(
         id=int(row.id),
         source_id=int(row.source_id),
@@ -201,6 +202,7 @@ def item_record(row: ItemRow, uri: str, display: str) -> ItemRecord:
         thumbnail=row.thumbnail,
         preview=row.preview,
         metadata=dict(row.meta or {}),
+        source_hash=source_hash,
     )
 
 

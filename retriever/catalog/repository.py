@@ -137,20 +137,21 @@ class Catalog(MaintenanceQueries, ApiKeyQueries):
         out: dict[int, ItemRecord] = {}
         with self.session() as s:
             for chunk in chunks(list(ids), 5000):
-                q = select(ItemRow, SourceRow.uri, SourceRow.display).join(SourceRow).where(ItemRow.id.in_(chunk))
-                for row, uri, display in s.execute(q):
-                    out[row.id] = item_record(row, uri, display)
+                q = (select(ItemRow, SourceRow.uri, SourceRow.display, SourceRow.content_hash)
+                     .join(SourceRow).where(ItemRow.id.in_(chunk)))
+                for row, uri, display, content_hash in s.execute(q):
+                    out[row.id] = item_record(row, uri, display, content_hash)
         return out
 
     def items_of_source(self, uri: str) -> list[ItemRecord]:
         with self.session() as s:
             q = (
-                select(ItemRow, SourceRow.uri, SourceRow.display)
+                select(ItemRow, SourceRow.uri, SourceRow.display, SourceRow.content_hash)
                 .join(SourceRow)
                 .where(SourceRow.uri == uri)
                 .order_by(ItemRow.ordinal)
             )
-            return [item_record(row, u, d) for row, u, d in s.execute(q)]
+            return [item_record(row, u, d, h) for row, u, d, h in s.execute(q)]
 
     def vectors(self, space: str, ids: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
         """(ids, float32 vectors) of the given items that have a vector in ``space``."""

@@ -162,8 +162,8 @@ class SearchConfig:
     min_text_similarity: float = 0.2
     mmr: bool = False
     mmr_lambda: float = 0.7
-    # one result per passage: a text item whose text another, better-ranked one of its modality and
-    # kind has word for word (a file saved twice) is folded into it and listed in its ``copies``
+    # one result per passage, photo or page: copies in other files (``retriever.copies``) are folded
+    # into the best-ranked one and listed in its hit's ``copies``
     collapse_copies: bool = True
 
     def __post_init__(self) -> None:

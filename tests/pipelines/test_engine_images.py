@@ -98,6 +98,27 @@ def test_image_to_image_finds_near_duplicates(clip_store: Engine, shapes: list, 
     assert found >= 8
 
 
+def test_a_photo_saved_twice_is_one_result_and_its_pdf_pages_too(clip_store: Engine, eval_dir: Path,
+                                                                   tmp_path: Path) -> None:
+    folder = tmp_path / "library"
+    (folder / "backup").mkdir(parents=True)
+    photos = sorted((eval_dir / "images" / "coco").glob("*.jpg"))[:6]
+    for p in photos:
+        shutil.copy(p, folder / p.name)
+    shutil.copy(photos[0], folder / "backup" / photos[0].name)
+    for name in ("report.pdf", "backup/report.pdf"):
+        shutil.copy(eval_dir / "pdf" / "docling__multi_page.pdf", folder / name)
+    assert not clip_store.ingest([folder]).failed
+    hits = clip_store.search(image=photos[0], k=5, modalities=["image"])
+    assert Path(hits[0].source_uri).name == photos[0].name and len(hits) == 5
+    assert [Path(h.source_uri).name for h in hits].count(photos[0].name) == 1
+    other = "backup/" if "backup" not in hits[0].source_uri else ""
+    assert [c.split("library/")[-1] for c in hits[0].copies] == [f"{other}{photos[0].name}"]
+    pages = clip_store.search(text="word processing", k=50, modalities=["pdf"], where={"kind": "page"})
+    assert len(pages) == 5 and all(len(h.copies) == 1 and "report.pdf" in h.copies[0] for h in pages)
+    assert {h.locator.page for h in pages} == {1, 2, 3, 4, 5}
+
+
 SHAPE_WORDS = ("circle", "square", "triangle", "star", "cross")
 COLOURS = ("red", "green", "blue", "yellow", "purple")
 

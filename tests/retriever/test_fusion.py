@@ -12,7 +12,7 @@ import pytest
 
 from retriever.config import SearchConfig
 from retriever.errors import ConfigError
-from retriever.fusion import collapse_copies, copy_key, fuse, normalise, score_fuse
+from retriever.fusion import fuse, normalise, score_fuse
 from retriever.search import RUN_SPACES, Retriever, Run, rrf_fuse
 from retriever.types import RunName, Space
 
@@ -210,28 +210,3 @@ def test_mmr_uses_the_text_space_without_clip_and_keeps_items_without_vectors() 
     a = np.array([1.0, 0.0], np.float32)
     r = _retriever(SearchConfig(mmr_lambda=0.5), vectors={Space.TEXT: {1: a, 2: a}})
     assert [i for i, _ in r._mmr([(1, 1.0), (2, 0.9), (7, 0.8)], 3)] == [1, 7, 2]
-
-
-# ---- copies ----------------------------------------------------------------------------
-
-PASSAGE = "Here's to the crazy ones. The misfits. The rebels. The troublemakers."
-
-
-def test_copy_keys_ignore_case_spacing_and_ligatures_but_not_kind_or_visual_items() -> None:
-    key = copy_key("pdf", "chunk", PASSAGE, visual=False)
-    assert key is not None
-    assert copy_key("pdf", "chunk", "  " + PASSAGE.upper().replace(" ", "\n "), visual=False) == key
-    assert copy_key("pdf", "chunk", "\ufb01le " + PASSAGE, visual=False) == copy_key("pdf", "chunk", "file " + PASSAGE,
-                                                                                    visual=False)
-    assert copy_key("text", "chunk", PASSAGE, visual=False) != key  # another modality: not folded
-    assert copy_key("video", "keyframe", PASSAGE, visual=True) is None  # two moments under one transcript
-    assert copy_key("audio", "window", "Thank you.", visual=False) is None  # too short to be a copy
-
-
-def test_collapse_copies_keeps_the_best_ranked_and_lists_the_rest_across_windows() -> None:
-    keys = {1: ("a",), 2: ("b",), 3: ("a",), 4: None, 5: None, 6: ("b",), 7: ("a",)}
-    seen: dict[object, int] = {}
-    kept, copies = collapse_copies([(1, 0.9), (2, 0.8), (3, 0.7), (4, 0.6)], keys, seen)
-    assert kept == [(1, 0.9), (2, 0.8), (4, 0.6)] and copies == {1: [3]}
-    kept, copies = collapse_copies([(5, 0.5), (6, 0.4), (7, 0.3)], keys, seen)  # the next window
-    assert kept == [(5, 0.5)] and copies == {2: [6], 1: [7]}
