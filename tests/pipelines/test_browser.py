@@ -264,13 +264,14 @@ def test_a_pdf_hit_opens_the_pdf_at_its_page(page) -> None:
     assert re.search(rf"/items/\d+/open\?v=[0-9a-f]{{16}}#page={number}$", url), url
 
 
-def test_a_passage_in_two_files_is_one_result_that_names_the_other(page) -> None:
+def test_a_passage_in_two_files_is_one_result_that_names_the_other(page, shots) -> None:
     driver = page("/?q=misfits+rebels+troublemakers&modality=text")
     found = [c for c in results_for(driver) if "crazy_ones" in c.find_element(By.CSS_SELECTOR, ".citation").text]
     assert len(found) == 1, [c.text for c in found]
     citation = found[0].find_element(By.CSS_SELECTOR, ".citation").text
     other = "crazy_ones (copy).txt" if citation.startswith("crazy_ones.txt") else "crazy_ones.txt"
     assert found[0].find_element(By.CSS_SELECTOR, ".copies").text == f"Also in: {other}"
+    shots(driver, "copies")
 
 
 def test_an_audio_hit_plays_from_the_start_of_its_span(page) -> None:
