@@ -5,5 +5,6 @@ INCONSISTENT = 1  # verify/repair found the store inconsistent; also Python's co
 USAGE = 2
 STRICT = 3
 INTERRUPTED = 130
+CLOSED_PIPE = 141  # stdout's reader went away (128 + SIGPIPE, as a shell reports it)
 
-__all__ = ["INCONSISTENT", "INTERRUPTED", "OK", "STRICT", "USAGE"]
+__all__ = ["CLOSED_PIPE", "INCONSISTENT", "INTERRUPTED", "OK", "STRICT", "USAGE"]

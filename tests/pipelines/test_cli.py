@@ -57,6 +57,15 @@ def test_ingest_search_stats_remove_json(tmp_path: Path, docs: Path) -> None:
     human = _run("search", "misfits rebels troublemakers", store=store).stdout
     assert "crazy.txt" not in human
 
+    # a reader that stops early (`mmrag stats | head -1`): exit 141 quietly, no traceback
+    env = {**os.environ, "MMRAG_STORE": str(store), "MMRAG_CLIP_MODEL": "none"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "stats"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    assert proc.wait(timeout=600) == 141
+    assert proc.stderr.read() == b""
+
 
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert _run("frobnicate", store=tmp_path / "s", check_rc=2).returncode == 2
