@@ -21,7 +21,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 from retriever.catalog import ItemRecord
 
-__all__ = ["MIN_COPY_CHARS", "collapse_copies", "copy_key"]
+__all__ = ["MIN_COPY_CHARS", "collapse_copies", "copy_citations", "copy_key"]
 
 MIN_COPY_CHARS = 40
 
@@ -56,3 +56,11 @@ def collapse_copies(
             seen[key] = item_id
         kept.append((item_id, score))
     return kept, copies
+
+
+def copy_citations(rec: ItemRecord, copies: Sequence[ItemRecord]) -> tuple[str, ...]:
+    """Where each copy of ``rec`` is: its citation, by its full path where its name alone (relative
+    to the folder it was ingested from) would not tell it from ``rec`` or from another copy."""
+    names = [rec.source_display] + [c.source_display for c in copies]
+    return tuple(c.locator.render(c.source_uri if names.count(c.source_display) > 1 else c.source_display)
+                 for c in copies)

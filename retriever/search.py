@@ -25,7 +25,7 @@ from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
 from retriever.errors import QueryError
 from retriever.filters import index_filter, passes
-from retriever.copies import collapse_copies, copy_key
+from retriever.copies import collapse_copies, copy_citations, copy_key
 from retriever.fusion import fuse, rrf_fuse
 from retriever.index.base import IndexFilter
 from retriever.store import Store
@@ -393,5 +393,6 @@ class Retriever:
             thumbnail_path=self.store.resolve_media(rec.thumbnail),
             image_path=image,
             metadata=rec.metadata,
-            copies=tuple(c.locator.render(c.source_display) for c in copies),
+            copies=copy_citations(rec, copies),
         )
+

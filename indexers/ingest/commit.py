@@ -3,7 +3,8 @@
 ``Committer`` assembles each source from its encoded items and its end message (a ``DoneMsg``
 that says how many items the file gave), and commits it in one catalog transaction (items,
 vectors, media files, change log) once everything has arrived; a failed file is recorded with
-its reason. It runs in the thread that holds the write lock (the in-process executor's main
+its reason. A file with the same bytes as another (``CopyMsg``) is committed with that one's items,
+vectors and thumbnails, once that one is in the catalog. It runs in the thread that holds the write lock (the in-process executor's main
 thread, the Ray executor's driver), so both executors share one commit path and the same
 crash guarantees: a commit runs inside the run's ``critical()`` section, the indexes follow
 the change log, and they are saved every ``index.save_every_items`` items.
@@ -12,18 +13,21 @@ the change log, and they are saved every ``index.save_every_items`` items.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from indexers.ingest.interrupt import Interrupt
 from indexers.ingest.progress import ProgressTracker
-from indexers.ingest.workers import DoneMsg, FailMsg, UnchangedMsg
-from retriever.catalog import NewItem, SourceInfo
+from indexers.ingest.workers import CopyMsg, DoneMsg, FailMsg, UnchangedMsg
+from retriever.catalog import NewItem, SourceInfo, SourceRecord
 from retriever.config import Config
 from retriever.store import Store
+from retriever.types import SourceStatus
 
-__all__ = ["Committer", "IngestReport", "Media"]
+__all__ = ["Committer", "IngestReport", "Media", "copied_items"]
 
 Media = tuple[bytes | None, bytes | None]  # an item's thumbnail and preview JPEGs
 
@@ -79,6 +83,9 @@ class Committer:
         self.pending: dict[int, _Pending] = {}
         self.closed: set[int] = set()  # keys committed or failed: late items of a failed file are dropped
         self.since_save = 0
+        self.settled: dict[int, tuple[bool, str]] = {}  # key -> (committed, its uri | why it failed)
+        self.waiting: dict[int, list[CopyMsg]] = {}  # key -> copies of that file, until it is settled
+        self.due: list[CopyMsg] = []  # copies whose file has been settled
 
     def wants(self, key: int) -> bool:
         """Whether items of file ``key`` are still of use (it has neither failed nor been committed)."""
@@ -104,6 +111,39 @@ class Committer:
         elif isinstance(msg, UnchangedMsg):
             self.report.unchanged += 1
             self.tracker.file_done("")
+        elif isinstance(msg, CopyMsg):
+            self.copy(msg)
+
+    def copy(self, msg: CopyMsg) -> None:
+        """Commit file ``msg.key`` as a copy of the source or file with its bytes; a copy of a file of
+        this run waits until that file is committed (or fails: the copy fails with its reason)."""
+        if msg.key in self.closed:
+            return
+        if msg.twin_key is not None:
+            settled = self.settled.get(msg.twin_key)
+            if settled is None:
+                self.waiting.setdefault(msg.twin_key, []).append(msg)
+                return
+            if not settled[0]:
+                self.fail(FailMsg(msg.key, msg.info.uri, msg.info, settled[1]))
+                return
+        copied = copied_items(self.store, msg.info)
+        if isinstance(copied, str):
+            self.fail(FailMsg(msg.key, msg.info.uri, msg.info, copied))
+            return
+        twin, items = copied
+        info = replace(msg.info, content_type=twin.content_type, family=twin.family)
+        done = DoneMsg(msg.key, info, dict(twin.metadata), list(twin.notes), msg.updated, len(items))
+        self.pending[msg.key] = _Pending(dict(enumerate(items)), done)
+        self.commit_ready()
+
+    def _settle(self, key: int, ok: bool, uri_or_reason: str) -> None:
+        self.settled[key] = (ok, uri_or_reason)
+        self.due += self.waiting.pop(key, [])
+
+    def _copy_due(self) -> None:
+        while self.due:
+            self.copy(self.due.pop(0))
 
     def fail(self, msg: FailMsg) -> None:
         """Record file ``msg.key`` as failed; items it gave are dropped (a previous version's stay)."""
@@ -116,6 +156,8 @@ class Committer:
             self.store.catalog.record_failure(info, msg.reason, self.report.run_id)
             self.report.failed.append((msg.path, msg.reason))
             self.tracker.file_done(msg.path, failed=True)
+        self._settle(msg.key, False, msg.reason)  # its copies fail alike: the same bytes
+        self._copy_due()
 
     def commit_ready(self) -> None:
         """Commit every source whose items have all arrived, then bring the indexes up to date."""
@@ -131,6 +173,7 @@ class Committer:
                 for space in self.store.dense.values():
                     space.save()
                 self.since_save = 0
+        self._copy_due()
 
     def incomplete(self) -> list[int]:
         """Keys of the files still being assembled."""
@@ -159,7 +202,39 @@ class Committer:
         self.report.items += len(items)
         self.since_save += len(items)
         self.tracker.file_done(done.info.uri, items=len(items))
+        self._settle(done.key, True, done.info.uri)
 
 
 def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> str | None:
     return None if data is None else store.write_media(kind, item_id, data)
+
+
+def copied_items(store: Store, info: SourceInfo) -> tuple[SourceRecord, list[tuple[NewItem, Media]]] | str:
+    """The items of a source with the bytes of ``info``'s file (its content hash) as items of that
+    file: records, vectors and thumbnails as stored; why not, when there is none or it cannot be read.
+    The source is looked up now, not when the file was hashed: one ingested since may have changed."""
+    catalog = store.catalog
+    twin = catalog.source_with_hash(info.content_hash, other_than=info.uri) if info.content_hash else None
+    if twin is None:
+        return "the source with the same bytes was changed or removed during this run; ingest the file again"
+    twin_uri = twin.uri
+    records = catalog.items_of_source(twin_uri)
+    vectors: dict[int, dict[str, np.ndarray]] = {r.id: {} for r in records}
+    for space in store.spaces():
+        got, vecs = catalog.vectors(space, [r.id for r in records])
+        for item_id, vec in zip(got, vecs):
+            vectors[int(item_id)][space] = vec
+    out: list[tuple[NewItem, Media]] = []
+    for rec in records:
+        media: list[bytes | None] = []
+        for rel in (rec.thumbnail, rec.preview):
+            path = store.resolve_media(rel)
+            try:
+                media.append(None if path is None else Path(path).read_bytes())
+            except OSError as exc:
+                return (f"cannot copy the items of {twin_uri}, which has the same bytes: its stored "
+                        f"{rel} cannot be read ({exc.strerror or exc}); `mmrag verify` checks the store")
+        locator = {**rec.locator.to_dict(), "uri": info.uri}
+        item = NewItem(rec.modality.value, rec.kind, locator, rec.text, dict(rec.metadata), vectors[rec.id])
+        out.append((item, (media[0], media[1])))
+    return twin, out

@@ -52,7 +52,7 @@ from indexers.ingest.commit import Committer
 from indexers.ingest.discover import Found
 from indexers.ingest.interrupt import Interrupt
 from indexers.ingest.ray_tasks import EncodeRows, bundle_row, decode_rows, file_row, item_from_row
-from indexers.ingest.workers import DoneMsg, FailMsg, UnchangedMsg, failure_reason, source_info
+from indexers.ingest.workers import DoneMsg, FailMsg, Twins, UnchangedMsg, failure_reason, source_info
 from indexers.registry import Registry
 from retriever import errors
 from retriever.catalog import SourceInfo
@@ -190,8 +190,10 @@ class RayExecutor:
 
     def _hash_and_skip(self, files: Sequence[Found], committer: Committer, within: tuple[str, ...] | None,
                        interrupt: Interrupt) -> dict[int, _Job]:
-        """On the driver: hash each file (a few threads), record unchanged and unreadable ones; the rest."""
+        """On the driver: hash each file (a few threads), record unchanged and unreadable ones and
+        copy those with the bytes of another (``Twins``); the rest."""
         limit = self.config.ingest.max_file_bytes
+        twins = Twins(committer.store)
 
         def look(found: Found) -> SourceInfo | Exception | None:
             if interrupt.stop.is_set():
@@ -213,6 +215,8 @@ class RayExecutor:
                 ok = prev is not None and prev.status == SourceStatus.OK
                 if ok and prev is not None and prev.content_hash == info.content_hash:
                     committer.handle(UnchangedMsg(key))
+                elif (copy := twins.copy_of(key, info, ok)) is not None:
+                    committer.handle(copy)  # a copy of a file of this run waits for that one's commit
                 else:
                     jobs[key] = _Job(found.path, info, ok)
         return jobs

@@ -1,8 +1,8 @@
 """The decode workers of the ingest pipeline.
 
-Each worker takes the next file, hashes it, reports it unchanged or ingests it and
-prepares its items (model input tensors, thumbnails), and puts messages for the main
-thread on a bounded queue. Workers check the run's stop flag before each file and
+Each worker takes the next file, hashes it, reports it unchanged, as a copy of a file with the
+same bytes (``Twins``: its items are copied, not decoded again) or ingests it and prepares its
+items (model input tensors, thumbnails), and puts messages for the main thread on a bounded queue. Workers check the run's stop flag before each file and
 each item, and never block on a full queue once it is set.
 
 ``source_info`` (hash and limits), ``decode_file`` (ingestor, context, prepared items) and
@@ -36,8 +36,8 @@ if TYPE_CHECKING:
     from indexers.av.transcribe import SpeechToText
 
 __all__ = [
-    "STOP", "DoneMsg", "FailMsg", "FileWorkers", "ItemMsg", "UnchangedMsg", "decode_file", "failure_reason",
-    "hash_file", "source_info",
+    "STOP", "CopyMsg", "DoneMsg", "FailMsg", "FileWorkers", "ItemMsg", "Twins", "UnchangedMsg", "decode_file",
+    "failure_reason", "hash_file", "source_info",
 ]
 
 
@@ -79,6 +79,36 @@ class UnchangedMsg:
     key: int
 
 
+@dataclass(frozen=True)
+class CopyMsg:
+    """File ``key`` has the same bytes as a source in the catalog or, ``twin_key``, as a file earlier
+    in this run: its items are copied from a source with those bytes, not decoded and encoded again."""
+
+    key: int
+    info: SourceInfo
+    updated: bool
+    twin_key: int | None = None
+
+
+class Twins:
+    """Which files of a run are copies of another file (the same content hash); thread-safe."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._first: dict[str, int] = {}  # content hash -> the first file of the run with it
+        self._lock = threading.Lock()
+
+    def copy_of(self, key: int, info: SourceInfo, updated: bool) -> CopyMsg | None:
+        """A ``CopyMsg`` when file ``key`` (``info``) is a copy; None when it is the first with its bytes."""
+        if not info.content_hash:
+            return None
+        if self.store.catalog.source_with_hash(info.content_hash, other_than=info.uri) is not None:
+            return CopyMsg(key, info, updated)
+        with self._lock:
+            first = self._first.setdefault(info.content_hash, key)
+        return None if first == key else CopyMsg(key, info, updated, twin_key=first)
+
+
 STOP = object()  # a worker has ended
 
 
@@ -91,6 +121,7 @@ class FileWorkers:
     ) -> None:
         self.store, self.registry, self.clip, self.config = store, registry, clip, config
         self.transcriber, self.stop, self.within = transcriber, stop, within
+        self.twins = Twins(store)
 
     def start(self, files: Sequence[Found], out: queue.Queue[Any], n: int) -> list[threading.Thread]:
         lock = threading.Lock()
@@ -130,13 +161,17 @@ class FileWorkers:
             if prev is not None and prev.status == SourceStatus.OK and prev.content_hash == info.content_hash:
                 self._put(out, UnchangedMsg(key))
                 return
+            updated = prev is not None and prev.status == SourceStatus.OK
+            copy = self.twins.copy_of(key, info, updated)
+            if copy is not None:
+                self._put(out, copy)
+                return
             info, ctx, items = decode_file(path, info, self.registry, self.clip, self.config, self.transcriber)
             count = 0
             for item in items:
                 if self.stop.is_set() or not self._put(out, ItemMsg(key, item)):
                     return
                 count += 1
-            updated = prev is not None and prev.status == SourceStatus.OK
             self._put(out, DoneMsg(key, info, dict(ctx.source_metadata), list(ctx.notes), updated, count))
         except Exception as exc:  # one bad file never stops a batch (MemoryError included)
             self._put(out, FailMsg(key, str(path), info, failure_reason(exc)))

@@ -45,6 +45,14 @@ class Catalog(MaintenanceQueries, ApiKeyQueries):
             row = s.scalar(select(SourceRow).where(SourceRow.uri == uri))
             return source_record(row) if row else None
 
+    def source_with_hash(self, content_hash: str, other_than: str) -> SourceRecord | None:
+        """The first ingested source (status ok) but ``other_than`` whose file has these bytes."""
+        with self.session() as s:
+            row = s.scalar(select(SourceRow).where(
+                SourceRow.content_hash == content_hash, SourceRow.status == SourceStatus.OK,
+                SourceRow.uri != other_than).order_by(SourceRow.id).limit(1))
+            return source_record(row) if row else None
+
     def sources(self, status: str | None = None) -> list[SourceRecord]:
         with self.session() as s:
             q = select(SourceRow).order_by(SourceRow.uri)

@@ -127,7 +127,8 @@ def test_a_model_error_on_the_cluster_reads_as_in_process() -> None:
 @pytest.fixture(scope="module")
 def two_stores(tmp_path_factory: pytest.TempPathFactory, eval_dir: Path, tiny_clip_spec: str, tiny_clip_encoder: Any,
                text_encoder: Any, ray_address: str) -> dict[str, Any]:
-    """4 COCO photos, a 5-page PDF, a speech clip and two bad files, ingested on Ray and in process."""
+    """4 COCO photos, a 5-page PDF, a speech clip, two bad files and copies of a photo, the clip and a bad
+    file, ingested on Ray and in process."""
     from indexers.av.transcribe import shared_transcriber
     from pipelines.engine import Engine
     from retriever.config import AudioConfig
@@ -140,6 +141,9 @@ def two_stores(tmp_path_factory: pytest.TempPathFactory, eval_dir: Path, tiny_cl
         shutil.copy(src, corpus / src.name)
     (corpus / "broken.jpg").write_bytes(photos[0].read_bytes()[:3000])
     (corpus / "bad.pdf").write_bytes(b"%PDF-1.7\n" + bytes(range(256)) * 8)
+    (corpus / "copies").mkdir()  # files with the bytes of others: copied, not decoded
+    for name in (photos[1].name, AUDIO, "broken.jpg"):
+        shutil.copy(corpus / name, corpus / "copies" / name)
     overrides = {"models.clip": tiny_clip_spec, "pdf.ocr": "off"}
     out: dict[str, Any] = {"corpus": corpus, "clip": tiny_clip_spec}
     for executor in ("ray", "local"):
@@ -171,8 +175,8 @@ def _items_in_order(store: Path, clip: str) -> dict[str, list[tuple[str, str, st
 
 def test_ray_gives_the_same_items_and_vectors_as_in_process(two_stores: dict[str, Any]) -> None:
     ray_report, local_report = two_stores["ray"], two_stores["local"]
-    assert (ray_report.added, ray_report.items) == (local_report.added, local_report.items) == (6, ray_report.items)
-    assert ray_report.items >= 4 + 5 + 1
+    assert (ray_report.added, ray_report.items) == (local_report.added, local_report.items) == (8, ray_report.items)
+    assert ray_report.items >= 4 + 5 + 1 + 2
     on_ray, in_process = item_keys(two_stores["ray_store"], two_stores["clip"]), item_keys(
         two_stores["local_store"], two_stores["clip"])
     assert set(on_ray) == set(in_process)
@@ -189,13 +193,30 @@ def test_ray_gives_the_same_items_and_vectors_as_in_process(two_stores: dict[str
             worst = min(worst, float(np.dot(vec, in_process[key][space])))
     assert worst > 0.995, worst  # bf16 on the CPU: batches of other sizes round differently
     assert two_stores["ray_verify"].clean and two_stores["local_verify"].clean
+    corpus = two_stores["corpus"]
+    for copied in (corpus / "copies").glob("*.*"):
+        if copied.name == "broken.jpg":
+            continue
+        copy, original = _by_place(on_ray, copied), _by_place(on_ray, corpus / copied.name)
+        assert copy and copy.keys() == original.keys(), copied.name  # a copy has its original's items
+        assert all(np.array_equal(copy[place][space], original[place][space])
+                   for place in copy for space in copy[place]), copied.name
+
+
+def _by_place(keys: dict[Any, dict[str, np.ndarray]], path: Path) -> dict[tuple[str, str], dict[str, np.ndarray]]:
+    """The items of ``path`` by (kind, locator without the file) -> vectors."""
+    out = {}
+    for (uri, kind, loc), vectors in keys.items():
+        if uri == str(path):
+            out[(kind, json.dumps({k: v for k, v in json.loads(loc).items() if k != "uri"}, sort_keys=True))] = vectors
+    return out
 
 
 def test_a_bad_file_is_recorded_as_failed_and_the_rest_commit(two_stores: dict[str, Any]) -> None:
     corpus = two_stores["corpus"]
-    bad = {str(corpus / "broken.jpg"), str(corpus / "bad.pdf")}
+    bad = {str(corpus / "broken.jpg"), str(corpus / "bad.pdf"), str(corpus / "copies" / "broken.jpg")}
     report = two_stores["ray"]
-    assert {path for path, _ in report.failed} == bad and report.added == 6
+    assert {path for path, _ in report.failed} == bad and report.added == 8
     assert all(reason for _, reason in report.failed)
     assert set(two_stores["ray_failed"]) == bad
     assert two_stores["ray_failed"] == two_stores["local_failed"]  # the same reasons as in process

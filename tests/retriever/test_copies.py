@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from retriever.catalog import ItemRecord
-from retriever.copies import collapse_copies, copy_key
+from retriever.copies import collapse_copies, copy_citations, copy_key
 from retriever.types import Locator, Modality
 
 PASSAGE = "Here's to the crazy ones. The misfits. The rebels. The troublemakers."
 
 
 def _item(text: str | None = PASSAGE, modality: Modality = Modality.PDF, kind: str = "chunk", uri: str = "/a.pdf",
-          thumbnail: str | None = None, source_hash: str | None = "h1", **where) -> ItemRecord:
-    return ItemRecord(id=1, source_id=1, source_uri=uri, source_display=uri, modality=modality, kind=kind,
+          thumbnail: str | None = None, source_hash: str | None = "h1", display: str | None = None,
+          **where) -> ItemRecord:
+    return ItemRecord(id=1, source_id=1, source_uri=uri, source_display=display or uri, modality=modality, kind=kind,
                       locator=Locator(uri=uri, **where), text=text, thumbnail=thumbnail, preview=None, metadata={},
                       source_hash=source_hash)
 
@@ -44,3 +45,11 @@ def test_collapse_copies_keeps_the_best_ranked_and_lists_the_rest_across_windows
     assert kept == [(1, 0.9), (2, 0.8), (4, 0.6)] and copies == {1: [3]}
     kept, copies = collapse_copies([(5, 0.5), (6, 0.4), (7, 0.3)], keys, seen)  # the next window
     assert kept == [(5, 0.5)] and copies == {2: [6], 1: [7]}
+
+
+def test_a_copy_is_named_by_its_path_where_its_name_alone_is_ambiguous() -> None:
+    kept = _item(uri="/a/jfk.flac", display="jfk.flac")
+    same_name = _item(uri="/b/jfk.flac", display="jfk.flac")
+    other = _item(uri="/b/speech.flac", display="speech.flac")
+    assert copy_citations(kept, [same_name, other]) == ("/b/jfk.flac", "speech.flac")
+    assert copy_citations(_item(display="x.pdf"), [_item(uri="/b/y.pdf", display="y.pdf")]) == ("y.pdf",)
