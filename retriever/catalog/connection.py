@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import socket
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, Self
 from urllib.parse import quote
 
-from sqlalchemy import create_engine, delete, event, select, text
+from sqlalchemy import create_engine, delete, event, inspect, select, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine import Engine as SqlEngine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
@@ -35,6 +36,7 @@ from retriever.errors import StoreError, StoreLockedError
 
 __all__ = ["CatalogBase", "writer_lock_key"]
 
+log = logging.getLogger(__name__)
 _WRITER_LOCK_NAMESPACE = "mmrag.catalog.writer"
 _WRITER_APP_PREFIX = "mmrag writer "
 
@@ -79,6 +81,19 @@ def _read_only_fs(directory: Path) -> bool:
         return False
 
 
+def _add_missing_indexes(engine: SqlEngine) -> None:
+    """Indexes added to a table after a catalog was made (``create_all`` makes only missing tables)."""
+    existing = inspect(engine)
+    for table in Base.metadata.sorted_tables:
+        have = {ix["name"] for ix in existing.get_indexes(table.name)}
+        for index in table.indexes:
+            if index.name not in have:
+                try:
+                    index.create(engine, checkfirst=True)
+                except SQLAlchemyError as exc:  # another process made it first, or the catalog is busy
+                    log.info("index %s of the catalog not made now: %s", index.name, exc)
+
+
 class CatalogBase:
     """A connection to the SQL catalog (SQLite by default, any SQLAlchemy URL)."""
 
@@ -91,6 +106,7 @@ class CatalogBase:
                 event.listen(self.engine, "connect", _sqlite_read_pragmas if read_only else _sqlite_pragmas)
             if create and not read_only:
                 Base.metadata.create_all(self.engine)
+                _add_missing_indexes(self.engine)
         except SQLAlchemyError as exc:
             raise StoreError(f"cannot open catalog {self.safe_url}: {exc}") from exc
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)

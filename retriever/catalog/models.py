@@ -46,7 +46,7 @@ class SourceRow(Base):
     display: Mapped[str] = mapped_column(String(4096))
     content_type: Mapped[str | None] = mapped_column(String(128), nullable=True)
     family: Mapped[str | None] = mapped_column(String(32), nullable=True)
-    content_hash: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    content_hash: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)  # copies: same bytes
     size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     mtime: Mapped[float | None] = mapped_column(Float, nullable=True)
     status: Mapped[str] = mapped_column(String(16), index=True)  # ok | failed

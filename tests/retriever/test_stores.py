@@ -193,3 +193,25 @@ def test_bm25_ties_are_ordered_by_item_id_at_any_cut() -> None:
         scores, got = idx.search("red circle", k)
         assert got.tolist() == ([100] + sorted(ids))[:k]
         assert np.all(np.diff(scores) <= 0)
+
+
+def test_a_catalog_made_before_an_index_existed_gets_it_when_opened_for_writing(tmp_path: Path) -> None:
+    import sqlite3
+
+    url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"
+    Catalog(url).engine.dispose()
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        db.execute("DROP INDEX ix_sources_content_hash")  # as a catalog from before copies were looked up
+    reader = Catalog(url, read_only=True)  # a reader changes nothing
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert "ix_sources_content_hash" not in names
+    reader.engine.dispose()
+    catalog = Catalog(url)
+    catalog.commit_source(SourceInfo("/a.txt", "a.txt", "blake2b:1", 1, 1.0), [], metadata={}, notes=[], run_id=None)
+    with sqlite3.connect(tmp_path / "catalog.sqlite") as db:
+        plan = " ".join(str(r) for r in db.execute(
+            "EXPLAIN QUERY PLAN SELECT id FROM sources WHERE content_hash = 'blake2b:1'"))
+    assert "ix_sources_content_hash" in plan
+    assert catalog.source_with_hash("blake2b:1", other_than="/b.txt").uri == "/a.txt"
+    assert catalog.source_with_hash("blake2b:1", other_than="/a.txt") is None
