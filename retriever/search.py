@@ -23,9 +23,9 @@ import numpy as np
 from retriever.catalog import ItemRecord
 from retriever.config import SearchConfig
 from retriever.encoders.base import ImageTextEncoder, TextEncoder
+from retriever.copies import collapse_copies, copy_citations, copy_key
 from retriever.errors import QueryError
 from retriever.filters import index_filter, passes
-from retriever.copies import collapse_copies, copy_citations, copy_key
 from retriever.fusion import fuse, rrf_fuse
 from retriever.index.base import IndexFilter
 from retriever.store import Store

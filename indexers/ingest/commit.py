@@ -3,11 +3,12 @@
 ``Committer`` assembles each source from its encoded items and its end message (a ``DoneMsg``
 that says how many items the file gave), and commits it in one catalog transaction (items,
 vectors, media files, change log) once everything has arrived; a failed file is recorded with
-its reason. A file with the same bytes as another (``CopyMsg``) is committed with that one's items,
-vectors and thumbnails, once that one is in the catalog. It runs in the thread that holds the write lock (the in-process executor's main
-thread, the Ray executor's driver), so both executors share one commit path and the same
-crash guarantees: a commit runs inside the run's ``critical()`` section, the indexes follow
-the change log, and they are saved every ``index.save_every_items`` items.
+its reason. A file with the same bytes as another (``CopyMsg``) is committed with that one's
+items, vectors and thumbnails, once that one is in the catalog. It runs in the thread that holds
+the write lock (the in-process executor's main thread, the Ray executor's driver), so both
+executors share one commit path and the same crash guarantees: a commit runs inside the run's
+``critical()`` section, the indexes follow the change log, and they are saved every
+``index.save_every_items`` items.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class Committer:
         self.pending: dict[int, _Pending] = {}
         self.closed: set[int] = set()  # keys committed or failed: late items of a failed file are dropped
         self.since_save = 0
-        self.settled: dict[int, tuple[bool, str]] = {}  # key -> (committed, its uri | why it failed)
+        self.settled: dict[int, str | None] = {}  # key -> None (committed) or why it failed
         self.waiting: dict[int, list[CopyMsg]] = {}  # key -> copies of that file, until it is settled
         self.due: list[CopyMsg] = []  # copies whose file has been settled
 
@@ -120,12 +121,12 @@ class Committer:
         if msg.key in self.closed:
             return
         if msg.twin_key is not None:
-            settled = self.settled.get(msg.twin_key)
-            if settled is None:
+            if msg.twin_key not in self.settled:
                 self.waiting.setdefault(msg.twin_key, []).append(msg)
                 return
-            if not settled[0]:
-                self.fail(FailMsg(msg.key, msg.info.uri, msg.info, settled[1]))
+            failure = self.settled[msg.twin_key]
+            if failure is not None:
+                self.fail(FailMsg(msg.key, msg.info.uri, msg.info, failure))
                 return
         copied = copied_items(self.store, msg.info)
         if isinstance(copied, str):
@@ -137,8 +138,8 @@ class Committer:
         self.pending[msg.key] = _Pending(dict(enumerate(items)), done)
         self.commit_ready()
 
-    def _settle(self, key: int, ok: bool, uri_or_reason: str) -> None:
-        self.settled[key] = (ok, uri_or_reason)
+    def _settle(self, key: int, failure: str | None) -> None:
+        self.settled[key] = failure
         self.due += self.waiting.pop(key, [])
 
     def _copy_due(self) -> None:
@@ -156,7 +157,7 @@ class Committer:
             self.store.catalog.record_failure(info, msg.reason, self.report.run_id)
             self.report.failed.append((msg.path, msg.reason))
             self.tracker.file_done(msg.path, failed=True)
-        self._settle(msg.key, False, msg.reason)  # its copies fail alike: the same bytes
+        self._settle(msg.key, msg.reason)  # its copies fail alike: the same bytes
         self._copy_due()
 
     def commit_ready(self) -> None:
@@ -202,7 +203,7 @@ class Committer:
         self.report.items += len(items)
         self.since_save += len(items)
         self.tracker.file_done(done.info.uri, items=len(items))
-        self._settle(done.key, True, done.info.uri)
+        self._settle(done.key, None)
 
 
 def _write_media(store: Store, kind: str, item_id: int, data: bytes | None) -> str | None:

@@ -2,8 +2,9 @@
 
 Each worker takes the next file, hashes it, reports it unchanged, as a copy of a file with the
 same bytes (``Twins``: its items are copied, not decoded again) or ingests it and prepares its
-items (model input tensors, thumbnails), and puts messages for the main thread on a bounded queue. Workers check the run's stop flag before each file and
-each item, and never block on a full queue once it is set.
+items (model input tensors, thumbnails), and puts messages for the main thread on a bounded
+queue. Workers check the run's stop flag before each file and each item, and never block on a
+full queue once it is set.
 
 ``source_info`` (hash and limits), ``decode_file`` (ingestor, context, prepared items) and
 ``failure_reason`` are the per-file steps; the Ray executor's driver and decode tasks run the
