@@ -133,8 +133,7 @@ class Committer:
             self.fail(FailMsg(msg.key, msg.info.uri, msg.info, copied))
             return
         twin, items = copied
-        info = replace(msg.info, content_type=twin.content_type, family=twin.family)
-        done = DoneMsg(msg.key, info, dict(twin.metadata), list(twin.notes), msg.updated, len(items))
+        done = DoneMsg(msg.key, msg.info, dict(twin.metadata), list(twin.notes), msg.updated, len(items))
         self.pending[msg.key] = _Pending(dict(enumerate(items)), done)
         self.commit_ready()
 
@@ -215,7 +214,8 @@ def copied_items(store: Store, info: SourceInfo) -> tuple[SourceRecord, list[tup
     file: records, vectors and thumbnails as stored; why not, when there is none or it cannot be read.
     The source is looked up now, not when the file was hashed: one ingested since may have changed."""
     catalog = store.catalog
-    twin = catalog.source_with_hash(info.content_hash, other_than=info.uri) if info.content_hash else None
+    twin = (catalog.source_with_hash(info.content_hash, info.content_type, other_than=info.uri)
+            if info.content_hash else None)
     if twin is None:
         return "the source with the same bytes was changed or removed during this run; ingest the file again"
     twin_uri = twin.uri

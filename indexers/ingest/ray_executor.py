@@ -193,7 +193,7 @@ class RayExecutor:
         """On the driver: hash each file (a few threads), record unchanged and unreadable ones and
         copy those with the bytes of another (``Twins``); the rest."""
         limit = self.config.ingest.max_file_bytes
-        twins = Twins(committer.store)
+        twins = Twins(committer.store, self.registry)
 
         def look(found: Found) -> SourceInfo | Exception | None:
             if interrupt.stop.is_set():
@@ -215,7 +215,13 @@ class RayExecutor:
                 ok = prev is not None and prev.status == SourceStatus.OK
                 if ok and prev is not None and prev.content_hash == info.content_hash:
                     committer.handle(UnchangedMsg(key))
-                elif (copy := twins.copy_of(key, info, ok)) is not None:
+                    continue
+                try:
+                    copy = twins.copy_of(key, found.path, info, ok)
+                except Exception as exc:  # refused as a decode task would refuse it
+                    committer.fail(FailMsg(key, str(found.path), info, failure_reason(exc)))
+                    continue
+                if copy is not None:
                     committer.handle(copy)  # a copy of a file of this run waits for that one's commit
                 else:
                     jobs[key] = _Job(found.path, info, ok)

@@ -92,21 +92,29 @@ class CopyMsg:
 
 
 class Twins:
-    """Which files of a run are copies of another file (the same content hash); thread-safe."""
+    """Which files of a run are copies of another file (the same bytes, read as the same content
+    type); thread-safe."""
 
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._first: dict[str, int] = {}  # content hash -> the first file of the run with it
+    def __init__(self, store: Store, registry: Registry) -> None:
+        self.store, self.registry = store, registry
+        self._first: dict[tuple[str, str], int] = {}  # (content hash, type) -> the run's first such file
         self._lock = threading.Lock()
 
-    def copy_of(self, key: int, info: SourceInfo, updated: bool) -> CopyMsg | None:
-        """A ``CopyMsg`` when file ``key`` (``info``) is a copy; None when it is the first with its bytes."""
-        if not info.content_hash:
+    def copy_of(self, key: int, path: Path, info: SourceInfo, updated: bool) -> CopyMsg | None:
+        """A ``CopyMsg`` when file ``key`` (``path``, ``info``) is a copy; None when it is the first
+        with its bytes. The file is checked as a decode would check it first (``Registry.resolve``:
+        content against its name, a supported type; its ``IngestError`` is raised), and is a copy
+        only of a source read as the same content type (the same bytes as ``.md`` and ``.txt`` chunk
+        differently)."""
+        digest = info.content_hash
+        if not digest:
             return None
-        if self.store.catalog.source_with_hash(info.content_hash, other_than=info.uri) is not None:
+        _, ctype = self.registry.resolve(path)
+        info = replace(info, content_type=ctype, family=family(ctype))
+        if self.store.catalog.source_with_hash(digest, ctype, other_than=info.uri) is not None:
             return CopyMsg(key, info, updated)
         with self._lock:
-            first = self._first.setdefault(info.content_hash, key)
+            first = self._first.setdefault((digest, ctype), key)
         return None if first == key else CopyMsg(key, info, updated, twin_key=first)
 
 
@@ -122,7 +130,7 @@ class FileWorkers:
     ) -> None:
         self.store, self.registry, self.clip, self.config = store, registry, clip, config
         self.transcriber, self.stop, self.within = transcriber, stop, within
-        self.twins = Twins(store)
+        self.twins = Twins(store, registry)
 
     def start(self, files: Sequence[Found], out: queue.Queue[Any], n: int) -> list[threading.Thread]:
         lock = threading.Lock()
@@ -163,7 +171,7 @@ class FileWorkers:
                 self._put(out, UnchangedMsg(key))
                 return
             updated = prev is not None and prev.status == SourceStatus.OK
-            copy = self.twins.copy_of(key, info, updated)
+            copy = self.twins.copy_of(key, path, info, updated)
             if copy is not None:
                 self._put(out, copy)
                 return

@@ -45,12 +45,13 @@ class Catalog(MaintenanceQueries, ApiKeyQueries):
             row = s.scalar(select(SourceRow).where(SourceRow.uri == uri))
             return source_record(row) if row else None
 
-    def source_with_hash(self, content_hash: str, other_than: str) -> SourceRecord | None:
-        """The first ingested source (status ok) but ``other_than`` whose file has these bytes."""
+    def source_with_hash(self, content_hash: str, content_type: str | None, other_than: str) -> SourceRecord | None:
+        """The first ingested source (status ok) but ``other_than`` whose file has these bytes, read
+        as ``content_type``."""
         with self.session() as s:
             row = s.scalar(select(SourceRow).where(
-                SourceRow.content_hash == content_hash, SourceRow.status == SourceStatus.OK,
-                SourceRow.uri != other_than).order_by(SourceRow.id).limit(1))
+                SourceRow.content_hash == content_hash, SourceRow.content_type == content_type,
+                SourceRow.status == SourceStatus.OK, SourceRow.uri != other_than).order_by(SourceRow.id).limit(1))
             return source_record(row) if row else None
 
     def sources(self, status: str | None = None) -> list[SourceRecord]:

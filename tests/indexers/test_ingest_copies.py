@@ -89,3 +89,19 @@ def test_copies_in_one_run_and_in_a_later_one_are_copied_not_decoded(
     assert hit.source_uri == str(third / "jfk.flac") and hit.locator.t_start is not None
     photo = clip_store.search(image=third / Path(FILES[0]).name, k=1, modalities=["image"])[0]
     assert photo.source_uri == str(third / Path(FILES[0]).name) and Path(photo.thumbnail_path).is_file()
+
+
+def test_the_same_bytes_read_as_another_type_are_decoded_not_copied(
+    clip_store: Engine, eval_dir: Path, tmp_path: Path, decoded: list[str]
+) -> None:
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    for name in ("history.md", "history.txt"):  # Markdown chunks by its headings, plain text does not
+        shutil.copy(eval_dir / "pdf/groundtruth/docling__multi_page.docling.md", folder / name)
+    shutil.copy(eval_dir / "pdf/pypdf__crazyones.pdf", folder / "crazy.pdf")
+    shutil.copy(eval_dir / "pdf/pypdf__crazyones.pdf", folder / "crazy.jpg")  # a PDF named .jpg
+    report = clip_store.ingest([folder])
+    assert sorted(Path(p).name for p in decoded) == ["crazy.pdf", "history.md", "history.txt"]
+    assert report.added == 3 and [Path(p).name for p, _ in report.failed] == ["crazy.jpg"]
+    types = {Path(s.uri).name: s.content_type for s in clip_store.store.catalog.sources("ok")}
+    assert types["history.md"] != types["history.txt"]

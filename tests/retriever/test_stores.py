@@ -213,5 +213,5 @@ def test_a_catalog_made_before_an_index_existed_gets_it_when_opened_for_writing(
         plan = " ".join(str(r) for r in db.execute(
             "EXPLAIN QUERY PLAN SELECT id FROM sources WHERE content_hash = 'blake2b:1'"))
     assert "ix_sources_content_hash" in plan
-    assert catalog.source_with_hash("blake2b:1", other_than="/b.txt").uri == "/a.txt"
-    assert catalog.source_with_hash("blake2b:1", other_than="/a.txt") is None
+    assert catalog.source_with_hash("blake2b:1", None, other_than="/b.txt").uri == "/a.txt"
+    assert catalog.source_with_hash("blake2b:1", None, other_than="/a.txt") is None
